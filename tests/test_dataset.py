@@ -1,0 +1,305 @@
+"""Dataset builder: determinism, the four verification checks, splits without leakage, card, LLM backend."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from farmslm.artifacts import read_json, read_jsonl
+from farmslm.dataset import build, corpus, split, synth, verify
+from farmslm.domain import rules, terms
+from farmslm.domain.knowledge import CATEGORIES, LANGS, load_facts
+from farmslm.domain.sensors import format_sample, parse_sample, validate
+
+FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "validation_questions.jsonl", "quarantine.jsonl", "card.json", "card.md")
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "a"
+    return build.run(build.DataConfig(out_dir=str(out), seed=7, size=240))
+
+
+def _rows(n=40, seed=3):
+    return synth.synthesize(n, seed=seed)
+
+
+# ---- synthesis ---------------------------------------------------------------------------------
+
+def test_rows_are_correct_by_construction():
+    for row in _rows(200):
+        readings = validate(row["sensors"])
+        assert row["warnings"] == rules.evaluate(readings)
+        assert row["text"] == format_sample(readings, row["question"], row["warnings"], row["answer"])
+        assert parse_sample(row["text"])[2] == row["warnings"]
+        for code in row["warnings"]:  # every warning explained with the rule's own message head
+            head = rules.message(code, row["lang"]).split(": ")[0].split(". ")[0].rstrip(".")
+            assert head in row["answer"], (code, row["answer"])
+
+
+def test_near_threshold_rows_on_both_sides():
+    """HIGH_TEMP by day fires above 30 °C: the data must hold rows just below and just above it."""
+    rows = synth.synthesize(3000, seed=0)
+    day = [r for r in rows if "temp_c" in r["sensors"] and r["sensors"].get("period", "day") == "day"]
+    below = [r for r in day if 29.0 <= r["sensors"]["temp_c"] <= 30.0]
+    above = [r for r in day if 30.0 < r["sensors"]["temp_c"] <= 31.0]
+    assert below and above
+    assert all("HIGH_TEMP" not in r["warnings"] for r in below)
+    assert all("HIGH_TEMP" in r["warnings"] for r in above)
+
+
+def test_openers_and_closers_keep_terminology():
+    """Each question part either names a dictionary term or joins the core's sentence."""
+    for lang in LANGS:
+        for part in synth.OPENERS[lang] + synth.CLOSERS[lang]:
+            text = part.strip().format(stage="flowering" if lang == "en" else "개화기", when="아침", period="day")
+            if not text or (lang == "en" and text.endswith((",", ":"))) or (lang == "ko" and not text.endswith((".", "?"))):
+                continue
+            assert terms.find_terms(text, lang), (lang, text)
+
+
+# ---- verification ------------------------------------------------------------------------------
+
+def _reasons(quarantine, rid):
+    return [q["reason"] for q in quarantine if q.get("id") == rid]
+
+
+def test_verify_catches_planted_rows():
+    rows = _rows(40)
+    good_ids = {r["id"] for r in rows}
+    dup = copy.deepcopy(rows[0])
+    dup["id"] = "planted-dup"
+    dup["question"] = dup["question"] + " "  # the same question and answer, one space apart
+    dup["text"] = format_sample(dup["sensors"], dup["question"], dup["warnings"], dup["answer"])
+    off = copy.deepcopy(rows[1])
+    off["id"] = "planted-off-domain"
+    off["question"] = "Which stocks should I buy this year?"
+    off["answer"] = "Buy index funds. Hold them for ten years. Avoid short-term trading."
+    off["text"] = format_sample(off["sensors"], off["question"], off["warnings"], off["answer"])
+    wrong = copy.deepcopy(next(r for r in rows if not r["warnings"]))
+    wrong["id"] = "planted-wrong-tag"
+    wrong["warnings"] = ["HIGH_TEMP"]
+    wrong["text"] = format_sample(wrong["sensors"], wrong["question"], wrong["warnings"], wrong["answer"])
+    unaddressed = copy.deepcopy(next(r for r in rows if r["warnings"]))
+    unaddressed["id"] = "planted-unaddressed"
+    unaddressed["answer"] = "Remove old leaves from the tomato plants."
+    unaddressed["text"] = format_sample(unaddressed["sensors"], unaddressed["question"], unaddressed["warnings"],
+                                        unaddressed["answer"])
+    echo = copy.deepcopy(rows[5]) | {"id": "planted-echo"}
+    echo["answer"] = "Q: [STATUS: temp_c=13.3, light_umol=12, ec_ds_m=2.6,"
+    echo["text"] = format_sample(echo["sensors"], echo["question"], echo["warnings"], echo["answer"])
+    missing = {k: v for k, v in rows[2].items() if k != "answer"} | {"id": "planted-no-answer"}
+    bad_sensor = copy.deepcopy(rows[3]) | {"id": "planted-bad-sensor"}
+    bad_sensor["sensors"] = {"humidity_pct": 140.0}
+    bad_text = copy.deepcopy(rows[4]) | {"id": "planted-bad-text"}
+    bad_text["text"] = bad_text["text"].replace("A: [", "A: [[")
+    kept, quarantine, figures = verify.verify_rows(rows + [dup, off, wrong, unaddressed, echo, missing, bad_sensor,
+                                                                  bad_text])
+    assert _reasons(quarantine, "planted-dup")[0].startswith("duplicate: cosine")
+    assert _reasons(quarantine, "planted-off-domain")[0].startswith("terminology: match rate 0.00")
+    assert _reasons(quarantine, "planted-wrong-tag")[0].startswith("warnings:")
+    assert _reasons(quarantine, "planted-unaddressed")[0].startswith("warnings: answer does not address")
+    assert "prompt markup" in _reasons(quarantine, "planted-echo")[0]
+    assert "missing field 'answer'" in _reasons(quarantine, "planted-no-answer")[0]
+    assert "humidity_pct" in _reasons(quarantine, "planted-bad-sensor")[0]
+    assert "text != format_sample" in _reasons(quarantine, "planted-bad-text")[0]
+    assert {r["id"] for r in kept} <= good_ids
+    assert len(kept) + len(quarantine) == len(rows) + 8  # nothing silently dropped
+    assert figures["rejected_by_check"]["duplicate"] >= 1 and figures["rejected_by_check"]["structure"] == 4
+
+
+def test_verify_cli_on_any_jsonl(tmp_path):
+    from typer.testing import CliRunner
+    from farmslm.cli import app
+
+    rows = _rows(20)
+    bad = copy.deepcopy(rows[0]) | {"id": "x-wrong"}
+    bad["warnings"] = ["LOW_PH"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows + [bad]) + "not json\n")
+    result = CliRunner().invoke(app, ["data", "verify", str(path), "--out", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    quarantine = read_jsonl(tmp_path / "v" / "quarantine.jsonl")
+    reasons = [q["reason"] for q in quarantine]
+    assert any(r.startswith("structure: missing field") for r in reasons)  # the non-JSON line
+    assert any(q.get("id") == "x-wrong" for q in quarantine)
+    assert len(read_jsonl(tmp_path / "v" / "verified.jsonl")) + len(quarantine) == 22
+
+
+def test_similar_pairs_matches_dense_reference():
+    import numpy as np
+
+    rows = _rows(60)
+    x = verify.vectorize([verify.qa_text(r) for r in rows], verify.VerifyConfig())
+    dense = (x @ x.T).toarray()
+    want = {(i, j) for i in range(60) for j in range(i + 1, 60) if dense[i, j] >= 0.5}
+    got = {(i, j) for i, j, _ in verify.similar_pairs(x, 0.5, chunk=7)}
+    assert got == want and np.allclose(np.diag(dense), 1.0)
+
+
+# ---- build, splits, card -----------------------------------------------------------------------
+
+def test_build_is_deterministic(small_build, tmp_path):
+    again = build.run(build.DataConfig(out_dir=str(tmp_path / "b"), seed=7, size=240))
+    for name in FILES:
+        assert (small_build / name).read_bytes() == (again / name).read_bytes(), name
+    other = build.run(build.DataConfig(out_dir=str(tmp_path / "c"), seed=8, size=240))
+    assert (small_build / "train.jsonl").read_bytes() != (other / "train.jsonl").read_bytes()
+    assert read_json(small_build / "meta.json")["status"] == "done"
+
+
+def test_build_skips_when_done(small_build, capsys):
+    build.run(build.DataConfig(out_dir=str(small_build), seed=7, size=240))
+    assert "skipping" in capsys.readouterr().out
+
+
+def test_splits_stratified_and_without_leakage(small_build):
+    splits = {s: read_jsonl(small_build / f"{s}.jsonl") for s in split.SPLITS}
+    assert split.leakage_pairs(splits, 0.85) == []
+    ids = [r["id"] for s in splits.values() for r in s]
+    assert len(ids) == len(set(ids))
+    for s in ("val", "test"):
+        assert {r["lang"] for r in splits[s]} == set(LANGS)
+        assert len({r["category"] for r in splits[s]}) >= 7
+
+
+def test_leakage_fix_moves_planted_pair():
+    rows = _rows(30)
+    twin = copy.deepcopy(rows[0]) | {"id": "twin"}
+    splits = {"train": [rows[0]] + rows[3:], "val": [twin], "test": rows[1:3]}
+    assert split.leakage_pairs(splits, 0.85)
+    fixed, report = split.fix_leakage(splits, 0.85)
+    assert "twin" in report["moved_to_train"] and report["pairs_left"] == 0
+    assert split.leakage_pairs(fixed, 0.85) == []
+
+
+def test_validation_questions(small_build):
+    rows = read_jsonl(small_build / "validation_questions.jsonl")
+    assert len(rows) == 30 and len({r["qid"] for r in rows}) == 15
+    for qid in {r["qid"] for r in rows}:
+        pair = [r for r in rows if r["qid"] == qid]
+        assert sorted(r["lang"] for r in pair) == ["en", "ko"] and pair[0]["sensors"] == pair[1]["sensors"]
+    kept, quarantine, _ = verify.verify_rows([{k: v for k, v in r.items() if k != "qid"} | {"id": r["id"]} for r in rows])
+    assert not [q for q in quarantine if not q["reason"].startswith("duplicate")], quarantine
+    assert sum(1 for r in rows if r["warnings"]) >= 20
+
+
+def test_load_with_datasets(small_build):
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files={s: str(small_build / f"{s}.jsonl") for s in split.SPLITS})
+    assert sum(len(ds[s]) for s in split.SPLITS) == read_json(small_build / "card.json")["rows_total"]
+    row = ds["train"][0]
+    assert set(verify.FIELDS) <= set(row) and isinstance(row["warnings"], list)
+    vq = datasets.load_dataset("json", data_files=str(small_build / "validation_questions.jsonl"))["train"]
+    assert len(vq) == 30
+
+
+def test_corpus_has_every_domain_text(small_build):
+    texts = set(corpus.domain_texts(small_build))
+    for name in ("train.jsonl", "validation_questions.jsonl"):
+        assert all(r["text"] in texts for r in read_jsonl(small_build / name))
+    assert load_facts()[0].fact["ko"] in texts
+    t = terms.load_terms()[0]
+    assert t.en in texts and t.ko in texts
+    assert rules.message("HIGH_TEMP", "ko") in texts
+
+
+def test_card_figures(small_build):
+    card = read_json(small_build / "card.json")
+    v = card["verification"]
+    assert v["n_in"] == 240 and v["n_verified"] == card["rows_total"]
+    assert v["n_verified"] + v["n_quarantined"] == 240
+    assert len(read_jsonl(small_build / "quarantine.jsonl")) == v["n_quarantined"]
+    assert "## Verification" in (small_build / "card.md").read_text()
+
+
+@pytest.mark.slow
+def test_default_build_meets_distribution(tmp_path):
+    """The issue's Done-when figures on a default-size build; every row passes the checks again."""
+    out = build.run(build.DataConfig(out_dir=str(tmp_path / "d")))
+    card = read_json(out / "card.json")
+    o = card["overall"]
+    assert card["rows_total"] >= 3000
+    assert all(o["by_lang_pct"][lang] >= 40 for lang in LANGS)
+    assert all(o["by_category_pct"][c] >= 5 for c in CATEGORIES)
+    assert o["warning_pct"] >= 30 and o["normal_pct"] >= 20
+    assert all(card["phrasings"][lang]["distinct_question_cores"] >= 150 for lang in LANGS)
+    assert all(card["phrasings"][lang]["distinct_questions"] >= 150 for lang in LANGS)
+    rows = [r for s in split.SPLITS for r in read_jsonl(out / f"{s}.jsonl")]
+    kept, quarantine, _ = verify.verify_rows(rows)
+    assert quarantine == [] and len(kept) == len(rows)
+
+
+# ---- LLM backend against a real llama.cpp server -----------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# `python -m llama_cpp.server`, with llama.cpp's extra (repacked/AMX) weight buffers off: llama-cpp-python
+# 0.3.36 segfaults in decode with them on AMX CPUs (see runtime/engine.py); the server has no flag for it.
+_SERVER = """
+import runpy, sys
+import llama_cpp.llama_cpp as lib
+default_params = lib.llama_model_default_params
+def params():
+    p = default_params()
+    p.use_extra_bufts = False
+    return p
+lib.llama_model_default_params = params
+sys.argv = ["llama_cpp.server", *{args!r}]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_llm_backend_with_llama_cpp_server(tmp_path, default_gguf):
+    """The pipeline (requests, verification, quarantine with reasons) against llama.cpp's server running the
+    packaged base model. It is not instruction-tuned, so most rows may land in quarantine: that is fine."""
+    pytest.importorskip("llama_cpp.server")
+    import httpx
+
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    args = ["--model", str(default_gguf), "--port", str(port), "--n_ctx", "2048", "--model_alias", "tomato-base",
+            "--chat_format", "gemma"]
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER.format(args=args)], stdout=log, stderr=log)
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama.cpp server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+        cfg = build.DataConfig(out_dir=str(tmp_path / "llm"), size=20, llm_endpoint=f"http://127.0.0.1:{port}/v1",
+                               llm_model="tomato-base", llm_rows=4, llm_max_tokens=32)
+        out = build.run(cfg)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+    card = read_json(out / "card.json")
+    llm = card["verification"]["llm"]
+    assert llm["requested"] == 4 and llm["answered"] + llm["request_failed"] == 4
+    assert llm["answered"] >= 3  # the server really answered
+    rows = [r for s in split.SPLITS for r in read_jsonl(out / f"{s}.jsonl")]
+    quarantine = read_jsonl(out / "quarantine.jsonl")
+    llm_kept = [r for r in rows if r["id"].startswith("llm-")]
+    llm_rejected = [q for q in quarantine if q["id"].startswith("llm-")]
+    assert len(llm_kept) == llm["verified"] and len(llm_kept) + len(llm_rejected) == 4
+    assert all(q["reason"].split(":")[0] in {"structure", "warnings", "terminology", "duplicate", "llm"}
+               for q in llm_rejected)
+    for r in llm_kept:  # what passed, passed every check
+        assert r["warnings"] == rules.evaluate(validate(r["sensors"]))
