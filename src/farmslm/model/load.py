@@ -84,6 +84,9 @@ def load_base(spec: str | Path = "default") -> Loaded:
         _check_arch(arch, str(path))
         log.info("loading %s (%s) with transformers' GGUF loader", path.name, arch)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # The GGUF loader dequantizes to fp32 yet marks the model quantized, which blocks saving.
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
         tokenizer_gguf = path
     else:
         config_path = path / "config.json"
