@@ -109,9 +109,9 @@ def restricted_check(trim_dir: Path, kept: list[int], prompts: list[str], full_g
 
 def generate(model_path: Path, questions: list[dict], max_tokens: int) -> list[dict]:
     from farmslm.domain.sensors import format_prompt
-    from farmslm.runtime.engine import _load_llama  # works around llama.cpp's AMX repack crash
+    from farmslm.runtime.engine import load_llama  # works around llama.cpp's AMX repack crash
 
-    llm = _load_llama(model_path, None, n_ctx=512, n_threads=2)
+    llm = load_llama(model_path, None, n_ctx=512, n_threads=2)
     out = []
     for r in questions:
         prompt = format_prompt(None, r["question"])

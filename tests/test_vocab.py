@@ -154,11 +154,11 @@ def test_trimmed_gguf_parity_in_llama_cpp(trimmed, tmp_path):
     """Our Tokenizer (model dir's tokenizer.gguf) vs llama.cpp on the exported trimmed GGUF, and
     llama.cpp's logits on it vs torch: the trimmed vocabulary travels into every GGUF."""
     from farmslm.model.export import export_gguf
-    from farmslm.runtime.engine import _load_llama  # works around llama.cpp's AMX repack crash
+    from farmslm.runtime.engine import load_llama  # works around llama.cpp's AMX repack crash
 
     model, meta = io.load_model_dir(trimmed)
     gguf_path = export_gguf(model, trimmed / io.TOKENIZER, tmp_path / "t.gguf", "gemma3", dtype="f32")
-    llm = _load_llama(gguf_path, None, n_ctx=128, logits_all=True, n_threads=1)
+    llm = load_llama(gguf_path, None, n_ctx=128, logits_all=True, n_threads=1)
     tok = get_tokenizer(trimmed / io.TOKENIZER)
     for text in vocab.corpus_pieces(CORPUS) + UNSEEN:
         assert tok.encode(text) == llm.tokenize(text.encode(), add_bos=True, special=True)

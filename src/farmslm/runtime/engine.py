@@ -126,7 +126,7 @@ def passive_omp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _load_llama(path: Path, extra_bufts: bool | None, **kwargs):
+def load_llama(path: Path, extra_bufts: bool | None, **kwargs):
     """Llama(...), optionally without llama.cpp's extra (repacked/AMX) weight buffers.
 
     llama-cpp-python 0.3.36 built from source segfaults in decode on AMX CPUs for batches > 1 with
@@ -170,7 +170,7 @@ class Engine:
         self.extra_bufts = extra_bufts
         n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
         try:
-            self.llm = _load_llama(path, extra_bufts, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx),
+            self.llm = load_llama(path, extra_bufts, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx),
                                    seed=seed)
         except ValueError as exc:  # llama_cpp raises ValueError("Failed to load model from file: ...")
             raise InputError("model", f"{path} could not be loaded by llama.cpp ({exc})") from None
@@ -297,7 +297,7 @@ class Engine:
         """exp(mean token NLL) over texts (each truncated to n_ctx tokens), scored by llama.cpp itself."""
         import numpy as np
 
-        scorer = _load_llama(self.model_path, self.extra_bufts, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+        scorer = load_llama(self.model_path, self.extra_bufts, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
                              n_threads=self.llm.n_threads)
         nll, count = 0.0, 0
         try:
