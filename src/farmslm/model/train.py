@@ -1,0 +1,513 @@
+"""Recovery fine-tuning: LoRA (or DoRA / LayerNorm-tuning) with optional knowledge distillation.
+
+model dir + data dir (train.jsonl, val.jsonl) [+ teacher model dir] -> out dir with `adapter/`
+(peft), `train_log.jsonl`, `loss.png`, `meta.json`; `checkpoints/` while running (for --resume).
+Loss on the answer tokens only (" [TAG] answer" + EOS after "\\nA:"); with a teacher,
+loss = (1 - kd_alpha)·CE + kd_alpha·T²·KL(teacher_T ‖ student_T) (forward KL, Hinton et al.).
+Same code on CPU (fp32) and CUDA (bf16 autocast). Multi-GPU: `accelerate launch --num_processes N
+-m farmslm.cli train ...`: each process takes grad_accum / N micro-batches of every step, the adapter
+gradients are summed (all_reduce), so N processes make the same steps as one; process 0 writes.
+Example: farmslm train --model runs/quick/prune --data runs/quick/data --out runs/quick/train --profile quick
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from farmslm import artifacts
+from farmslm.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label of masked (prompt / padding) positions
+ANSWER_MARK = "\nA:"  # the prompt ends here; everything after it is the answer
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Gemma 3 / Llama / Qwen norm names; Gemma has no biases, so BitFit has nothing to train.
+NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+         "post_feedforward_layernorm", "q_norm", "k_norm", "norm")
+METHODS = ("lora", "dora", "ln_tuning")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "lora"  # lora | dora | ln_tuning (LayerNorm-tuning)
+    lora_r: int = 16  # LoRA rank (the design report's best)
+    lora_alpha: int = 32  # LoRA scale = alpha / r
+    lora_dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))  # projections LoRA adapts
+    batch_size: int = 2  # sequences per micro-batch
+    grad_accum: int = 8  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
+    epochs: float = 3.0  # passes over the training samples (fractions allowed)
+    max_steps: int = 0  # optimizer steps; 0 = from epochs
+    lr: float = 2e-4  # peak learning rate (AdamW)
+    warmup_ratio: float = 0.05  # fraction of steps of linear warm-up before the cosine decay
+    weight_decay: float = 0.0  # AdamW weight decay on the adapter
+    max_grad_norm: float = 1.0  # gradient clipping
+    max_seq_len: int = 256  # tokens; longer samples are cut (answer tail first)
+    max_samples: int = 0  # training samples drawn (seeded) from train.jsonl; 0 = all
+    val_samples: int = 64  # val.jsonl samples for the final answer loss / perplexity; 0 = none
+    tag_weight: float = 1.0  # CE weight of the [WARNING: ...]/[NORMAL] tag tokens relative to the rest
+    kd_alpha: float = 0.5  # share of the KD term when a teacher is given
+    kd_temperature: float = 2.0  # softmax temperature T of teacher and student in the KD term
+    kd_skip_tag: bool = True  # no KD on the tag tokens: an uncorrected teacher never saw the tag grammar
+    teacher_correction: bool = False  # fine-tune the teacher on the same data first, then distil from it
+    qlora: bool = False  # 4-bit base through bitsandbytes (CUDA only)
+    save_steps: int = 50  # checkpoint every N optimizer steps (and at the end)
+    seed: int = 0  # seeds data order, adapter init and dropout
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class Example:
+    ids: list[int]  # BOS + prompt + answer + EOS
+    n_prompt: int  # leading tokens that are masked (BOS + prompt)
+    n_tag: int  # answer tokens that spell the tag
+
+
+class Interrupted(Exception):
+    """Raised by an `on_step` hook to stop training at a step (tests, time limits)."""
+
+
+def check_config(cfg: TrainConfig, device: str) -> None:
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method: {cfg.method!r} is not one of {', '.join(METHODS)}")
+    if cfg.lora_r < 1:
+        raise ConfigError(f"lora_r: must be >= 1, got {cfg.lora_r}")
+    if not 0.0 <= cfg.kd_alpha <= 1.0:
+        raise ConfigError(f"kd_alpha: must be in [0, 1], got {cfg.kd_alpha}")
+    if cfg.kd_temperature <= 0:
+        raise ConfigError(f"kd_temperature: must be > 0, got {cfg.kd_temperature}")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ConfigError("batch_size, grad_accum: must be >= 1")
+    if cfg.qlora and device != "cuda":
+        raise ConfigError("qlora: 4-bit QLoRA needs CUDA and bitsandbytes; on a CPU train plain LoRA "
+                          "(qlora: false), which keeps the base in fp32")
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def split_text(text: str) -> tuple[str, str]:
+    """'Q: ...\\nA: [TAG] answer' -> ('Q: ...\\nA:', ' [TAG] answer'): the prompt exactly as inference sees it."""
+    cut = text.find(ANSWER_MARK)
+    if cut < 0:
+        raise ValueError(f"sample has no {ANSWER_MARK!r}: {text[:60]!r}")
+    cut += len(ANSWER_MARK)
+    return text[:cut], text[cut:]
+
+
+def _tag_tokens(tokenizer, answer_ids: list[int]) -> int:
+    """Number of leading answer tokens whose text closes the tag's ']'."""
+    for k in range(1, min(len(answer_ids), 48) + 1):
+        if "]" in tokenizer.decode(answer_ids[:k]):
+            return k
+    return 0
+
+
+def encode_example(tokenizer, text: str, max_seq_len: int) -> Example:
+    """Prompt and answer are tokenized apart: the prompt's ids are what llama.cpp sees at inference."""
+    prompt, answer = split_text(text)
+    p_ids = tokenizer.encode(prompt, add_bos=True)
+    a_ids = tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_id]
+    n_tag = _tag_tokens(tokenizer, a_ids)
+    ids = (p_ids + a_ids)[:max_seq_len]
+    return Example(ids=ids, n_prompt=len(p_ids), n_tag=n_tag)
+
+
+def labels_and_weights(ex: Example, tag_weight: float) -> tuple[list[int], list[float]]:
+    """Per position: the target id (IGNORE on the prompt) and its CE weight (tag_weight on the tag)."""
+    labels = [IGNORE] * ex.n_prompt + ex.ids[ex.n_prompt:]
+    weights = [0.0] * ex.n_prompt + [tag_weight if i < ex.n_tag else 1.0 for i in range(len(ex.ids) - ex.n_prompt)]
+    return labels[:len(ex.ids)], weights[:len(ex.ids)]
+
+
+def epoch_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-bucketed batches: shuffle, sort by length inside chunks of 32 batches, shuffle the batches.
+
+    Padding then costs little CPU time while the order stays random and seeded per epoch.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    chunk = 32 * batch_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: len(examples[i].ids))
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], tag_weight: float, pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(e.ids) for e in examples)
+    ids, mask, labels, weights, tag = [], [], [], [], []
+    for e in examples:
+        lab, w = labels_and_weights(e, tag_weight)
+        pad = n - len(e.ids)
+        ids.append(e.ids + [pad_id] * pad)
+        mask.append([1] * len(e.ids) + [0] * pad)
+        labels.append(lab + [IGNORE] * pad)
+        weights.append(w + [0.0] * pad)
+        tag.append([e.n_prompt <= i < e.n_prompt + e.n_tag for i in range(n)])
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor(labels), "weights": torch.tensor(weights), "tag": torch.tensor(tag)}
+
+
+def load_examples(path: Path, tokenizer, cfg: TrainConfig, limit: int) -> list[Example]:
+    rows = artifacts.read_jsonl(path)
+    if limit and limit < len(rows):
+        rows = random.Random(cfg.seed).sample(rows, limit)
+    return [encode_example(tokenizer, r["text"], cfg.max_seq_len) for r in rows]
+
+
+# ---- loss ---------------------------------------------------------------------------------------
+
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The *ForCausalLM under any peft wrapper (adapter layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def answer_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict answer tokens only -> (logits [N, V] fp32, selection mask).
+
+    The output head (the 262k-vocab matmul dominates the 270M's cost) runs on those rows alone.
+    """
+    lm = causal_lm(model)
+    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    sel = batch["labels"][:, 1:] != IGNORE  # position t predicts token t+1
+    logits = lm.lm_head(hidden[:, :-1][sel])
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float(), sel
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · mean over tokens of KL(softmax(teacher/T) ‖ softmax(student/T)) (forward KL)."""
+    t = temperature
+    log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
+    log_p_s = F.log_softmax(student_logits / t, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    return t * t * kl.mean()
+
+
+def batch_loss(model, batch, cfg: TrainConfig, teacher=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """(1 - α)·weighted CE + α·T²·KL on the answer tokens; plain weighted CE without a teacher."""
+    logits, sel = answer_logits(model, batch)
+    targets = batch["labels"][:, 1:][sel]
+    weights = batch["weights"][:, 1:][sel].to(logits.device)
+    ce_tok = F.cross_entropy(logits, targets, reduction="none")
+    ce = (weights * ce_tok).sum() / weights.sum()
+    parts = {"ce": ce.item(), "ce_plain": ce_tok.mean().item()}
+    if teacher is None or cfg.kd_alpha == 0:
+        return ce, parts
+    with torch.no_grad():
+        t_logits, _ = answer_logits(teacher, batch)
+    kd_rows = ~batch["tag"][:, 1:][sel] if cfg.kd_skip_tag else torch.ones_like(targets, dtype=torch.bool)
+    kd = kd_loss(logits[kd_rows], t_logits[kd_rows], cfg.kd_temperature)
+    parts["kd"] = kd.item()
+    return (1 - cfg.kd_alpha) * ce + cfg.kd_alpha * kd, parts
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list[Example], batch_size: int = 4, pad_id: int = 0) -> float:
+    """Mean CE over all answer tokens (exp of it = answer perplexity)."""
+    model.eval()
+    total, n = 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], 1.0, pad_id).items()}
+        with _autocast(device.type):
+            logits, sel = answer_logits(model, batch)
+        targets = batch["labels"][:, 1:][sel]
+        total += F.cross_entropy(logits, targets, reduction="sum").item()
+        n += targets.numel()
+    return total / max(n, 1)
+
+
+def _autocast(device_type: str):
+    # bf16 compute on CUDA with fp32 master weights; the CPU stays in plain fp32
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device_type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+# ---- model ----------------------------------------------------------------------------------------
+
+def add_adapter(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    from peft import LNTuningConfig, LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    if cfg.method == "ln_tuning":
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        peft_cfg = LNTuningConfig(target_modules=[n for n in NORMS if n in names], task_type="CAUSAL_LM")
+    else:
+        peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=list(cfg.target_modules), use_dora=cfg.method == "dora",
+                              bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def n_trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---- loop ------------------------------------------------------------------------------------------
+
+def n_steps(n_examples: int, cfg: TrainConfig) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    return max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
+
+
+def train_loop(model, examples: list[Example], cfg: TrainConfig, out_dir: Path, teacher=None,
+               resume: bool = False, pad_id: int = 0,
+               on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Optimise the adapter of `model` (peft-wrapped) in place; returns the log rows, one per step.
+
+    A checkpoint (trainable weights, optimizer, schedule, RNG, log) is written every `save_steps`;
+    with resume=True the loop continues from it and reproduces the uninterrupted run exactly,
+    because the data order is a pure function of (seed, epoch) and the RNG state is restored.
+    """
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = n_steps(len(examples), cfg)
+    sched = get_cosine_schedule_with_warmup(opt, round(cfg.warmup_ratio * total), total)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    step, rows = 0, []
+    torch.manual_seed(cfg.seed)
+    ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
+    if ckpt is not None and ckpt.get("config_hash") != artifacts.hash_config(cfg):
+        log.warning("%s was written with another config; starting over", ckpt_path)
+        ckpt = None
+    if ckpt is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in ckpt["trainable"]:
+                    p.copy_(ckpt["trainable"][n])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        step, rows = ckpt["step"], ckpt["log"]
+        log.info("resuming from step %d of %d", step, total)
+    n_batches = len(epoch_batches(examples, cfg.batch_size, cfg.seed, 0))
+    order_cache: dict[int, list[list[int]]] = {}
+
+    def micro_batch(m: int) -> list[Example]:
+        epoch, i = divmod(m, n_batches)
+        if epoch not in order_cache:
+            order_cache.clear()
+            order_cache[epoch] = epoch_batches(examples, cfg.batch_size, cfg.seed, epoch)
+        return [examples[j] for j in order_cache[epoch][i]]
+
+    started = time.time()
+    tokens_done = 0
+    rank, world = dist_rank_world()
+    if cfg.grad_accum % world:
+        raise ConfigError(f"grad_accum: {cfg.grad_accum} must be a multiple of the {world} processes")
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=rank > 0)
+    while step < total:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        t0, n_tok, sums = time.time(), 0, {}
+        for a in range(rank, cfg.grad_accum, world):  # each process takes its share of the micro-batches
+            batch = {k: v.to(device) for k, v in
+                     collate(micro_batch(step * cfg.grad_accum + a), cfg.tag_weight, pad_id).items()}
+            with _autocast(device.type):
+                loss, parts = batch_loss(model, batch, cfg, teacher)
+            (loss / cfg.grad_accum).backward()
+            n_tok += int(batch["attention_mask"].sum())
+            for k, v in {"loss": loss.item(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        if world > 1:  # sum of (micro-batch loss / grad_accum) over all processes = the one-process gradient
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        step += 1
+        dt = time.time() - t0
+        tokens_done += n_tok
+        row = {"step": step, "epoch": round(step * cfg.grad_accum / n_batches, 4),
+               **{k: round(v, 5) for k, v in sums.items()}, "lr": sched.get_last_lr()[0],
+               "tokens": n_tok, "tok_s": round(n_tok / dt, 1), "step_s": round(dt, 3)}
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_done / (time.time() - started):.0f}")
+        if rank == 0 and (step % cfg.save_steps == 0 or step == total):
+            _save_checkpoint(ckpt_path, model, opt, sched, step, rows, artifacts.hash_config(cfg))
+        if on_step is not None:
+            on_step(step, row)
+    bar.close()
+    return rows
+
+
+def _save_checkpoint(path: Path, model, opt, sched, step: int, rows: list[dict], config_hash: str) -> None:
+    state = {"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "rng": torch.get_rng_state(), "step": step, "log": rows, "config_hash": config_hash}
+    with artifacts.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(process index, process count): `accelerate launch` sets WORLD_SIZE and starts the process group."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    state = PartialState()  # initialises torch.distributed from accelerate's environment
+    return state.process_index, state.num_processes
+
+
+def plot_loss(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in rows]
+    for key in ("loss", "ce", "kd"):
+        if rows and key in rows[0]:
+            ax.plot(steps, [r[key] for r in rows], label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- stage --------------------------------------------------------------------------------------
+
+def load_model(model_dir: str | Path, device: str, qlora: bool = False) -> tuple[torch.nn.Module, Path, dict]:
+    """Our model dir (or a load_base spec) -> (model on device, tokenizer.gguf, meta)."""
+    from farmslm.model.io import TOKENIZER, load_model_dir
+
+    path = Path(model_dir)
+    if (path / "meta.json").exists() and (path / "model.safetensors").exists():
+        if qlora:
+            model, meta = _load_4bit(path)
+        else:
+            model, meta = load_model_dir(path)
+        tok = path / TOKENIZER
+    else:
+        from farmslm.model.load import load_base
+
+        loaded = load_base(str(model_dir))
+        model, tok, meta = loaded.model, loaded.tokenizer_gguf, {"arch": loaded.arch}
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF loader: dequantized fp32, yet marked quantized
+            model.hf_quantizer = None
+            model.config.__dict__.pop("quantization_config", None)
+    return (model if qlora else model.to(device)), tok, meta
+
+
+def _load_4bit(path: Path):
+    """QLoRA base: NF4 weights, bf16 compute (bitsandbytes); per-layer FFN widths are not supported here."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    meta = artifacts.read_meta(path)
+    if len(set(meta["ffn_widths"])) > 1:
+        raise ConfigError("qlora: layerwise-pruned models (per-layer FFN widths) cannot be loaded in 4 bit; "
+                          "use qlora: false")
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, device_map={"": 0})
+    return prepare_model_for_kbit_training(model), meta
+
+
+def run(cfg: TrainConfig, model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+        teacher_dir: str | Path | None = None, resume: bool = False) -> Path:
+    """Train an adapter on data_dir/train.jsonl; write out_dir (adapter, log, plot, meta)."""
+    from farmslm.model.tokenizer import Tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rank, world = dist_rank_world()
+    if world > 1:
+        torch.cuda.set_device(rank % max(torch.cuda.device_count(), 1))
+    check_config(cfg, device)
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    train_path = data_dir / "train.jsonl"
+    if not train_path.exists():
+        raise ConfigError(f"--data: {train_path} does not exist; build it with `farmslm data build --out {data_dir}`")
+    inputs = {"model": artifacts.hash_path(model_dir), "data": artifacts.hash_path(train_path)}
+    if teacher_dir is not None:
+        inputs["teacher"] = artifacts.hash_path(teacher_dir)
+    if artifacts.is_done(out_dir, cfg, inputs):
+        log.info("%s: already trained with this config and inputs; skipping", out_dir)
+        return out_dir
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.time()
+    model, tok_path, meta = load_model(model_dir, device, cfg.qlora)
+    teacher = None
+    if teacher_dir is not None:
+        if cfg.teacher_correction:
+            teacher_dir = _correct_teacher(cfg, Path(teacher_dir), data_dir, out_dir / "teacher")
+        teacher, t_tok, _ = load_model(teacher_dir, device)
+        check_same_vocab(tok_path, t_tok, model, teacher)
+        teacher.eval().requires_grad_(False)
+    tokenizer = Tokenizer(tok_path)
+    examples = load_examples(train_path, tokenizer, cfg, cfg.max_samples)
+    val_path = data_dir / "val.jsonl"
+    val = load_examples(val_path, tokenizer, cfg, cfg.val_samples) if cfg.val_samples and val_path.exists() else []
+    model = add_adapter(model, cfg)
+    log.info("training %d trainable params (%s) on %d samples, %d steps, %s", n_trainable(model), cfg.method,
+             len(examples), n_steps(len(examples), cfg), device)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id >= 0 else tokenizer.eos_id
+    rows = train_loop(model, examples, cfg, out_dir, teacher, resume, pad_id)
+    if rank > 0:  # the main process writes the outputs
+        return out_dir
+    model.save_pretrained(out_dir / "adapter")
+    artifacts.write_jsonl(out_dir / "train_log.jsonl", rows)
+    plot_loss(rows, out_dir / "loss.png")
+    train_s = sum(r["step_s"] for r in rows)
+    metrics = {"steps": len(rows), "samples": len(examples), "trainable_params": n_trainable(model),
+               "final_loss": rows[-1]["loss"], "train_s": round(train_s, 1),
+               "tok_s": round(sum(r["tokens"] for r in rows) / max(train_s, 1e-9), 1), "device": device}
+    if val:
+        metrics["val_answer_loss"] = round(eval_loss(model, val, pad_id=pad_id), 4)
+        metrics["val_answer_ppl"] = round(math.exp(metrics["val_answer_loss"]), 3)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    artifacts.write_meta(out_dir, "train", cfg, inputs, metrics, started, base_model=str(Path(model_dir).resolve()),
+                         teacher=str(Path(teacher_dir).resolve()) if teacher_dir else None, arch=meta.get("arch"))
+    return out_dir
+
+
+def check_same_vocab(student_tok: Path, teacher_tok: Path, student, teacher) -> None:
+    """KD compares distributions token by token: both models must share one vocabulary."""
+    if student.config.vocab_size != teacher.config.vocab_size or \
+            artifacts.hash_path(student_tok) != artifacts.hash_path(teacher_tok):
+        raise ConfigError(f"--teacher: its vocabulary ({teacher_tok}, {teacher.config.vocab_size} tokens) differs "
+                          f"from the student's ({student_tok}, {student.config.vocab_size}); distil from a teacher "
+                          "with the same tokenizer.gguf (e.g. the vocab-trimmed, unpruned model)")
+
+
+def _correct_teacher(cfg: TrainConfig, teacher_dir: Path, data_dir: Path, work: Path) -> Path:
+    """'Teacher correction' (Minitron): fine-tune the teacher on the same data, merge, distil from that."""
+    from farmslm.model import merge
+
+    t_cfg = replace(cfg, teacher_correction=False, kd_alpha=0.0)
+    run(t_cfg, teacher_dir, data_dir, work / "train")
+    return merge.run(work / "train", work / "merged", base_dir=teacher_dir)
