@@ -159,9 +159,6 @@ class Build:
         else:
             loaded = load_base(spec)
             model, tokenizer, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
-            if getattr(model, "hf_quantizer", None) is not None:  # transformers' GGUF loader: fp32, yet marked
-                model.hf_quantizer = None
-                model.config.__dict__.pop("quantization_config", None)
         save_model_dir(model, out, tokenizer, arch, "base", config, inputs, started=started, base=spec,
                        source=str(path))
         return str(out)

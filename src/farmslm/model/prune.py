@@ -364,9 +364,6 @@ def load_any(base: str) -> tuple[nn.Module, Path, str]:
         return model, path / TOKENIZER, meta["arch"]
     loaded = load_base(base)
     model = loaded.model
-    if getattr(model, "hf_quantizer", None) is not None:  # GGUF-loaded: dequantized fp32, yet marked unsaveable
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
     return model, loaded.tokenizer_gguf, loaded.arch
 
 

@@ -417,9 +417,6 @@ def load_model(model_dir: str | Path, device: str, qlora: bool = False) -> tuple
 
         loaded = load_base(str(model_dir))
         model, tok, meta = loaded.model, loaded.tokenizer_gguf, {"arch": loaded.arch}
-        if getattr(model, "hf_quantizer", None) is not None:  # GGUF loader: dequantized fp32, yet marked quantized
-            model.hf_quantizer = None
-            model.config.__dict__.pop("quantization_config", None)
     return (model if qlora else model.to(device)), tok, meta
 
 

@@ -403,10 +403,6 @@ def run(cfg: VocabConfig, model: str, data_dir: str | Path, out_dir: str | Path,
 
         loaded = load_base(model)
         net, tokenizer_gguf, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
-        # transformers' GGUF loader marks the (dequantized, fp32) model as quantized: unsaveable
-        if getattr(net, "hf_quantizer", None) is not None:
-            net.hf_quantizer = None
-            net.config.__dict__.pop("quantization_config", None)
     from farmslm.model.tokenizer import read_kvs
 
     kvs = read_kvs(tokenizer_gguf)  # every metadata KV (hparams too: llama.cpp needs them)
