@@ -71,13 +71,17 @@ def write_tokenizer_gguf(src_gguf: str | Path, out: str | Path, overrides: dict[
 
     llama.cpp loads the result with vocab_only=True (it reads hparams and vocabulary, no tensors).
     """
-    import gguf
-
-    out = Path(out)
     kvs = read_kvs(src_gguf)
     kvs.update(overrides or {})
+    return write_kvs_gguf(kvs, gguf_arch_of(src_gguf), Path(out))
+
+
+def write_kvs_gguf(kvs: dict[str, KV], arch: str, out: Path) -> Path:
+    """A tensor-free GGUF holding `kvs` (llama.cpp loads it with vocab_only=True)."""
+    import gguf
+
     with artifacts.atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), gguf_arch_of(src_gguf))
+        writer = gguf.GGUFWriter(str(tmp), arch)
         add_kvs(writer, kvs)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

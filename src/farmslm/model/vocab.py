@@ -26,6 +26,7 @@ import torch
 
 from farmslm import artifacts
 from farmslm.config import ConfigError
+from farmslm.model.tokenizer import write_kvs_gguf
 
 log = logging.getLogger(__name__)
 
@@ -296,22 +297,6 @@ def trimmed_kvs(kvs: dict, kept: list[int]) -> dict:
                 raise ValueError(f"{key}={kv.value} is not among the kept tokens")
             out[key] = KV(new_id[kv.value], kv.vtype)
     out["farmslm.vocab.source_size"] = KV(len(kvs["tokenizer.ggml.tokens"].value), GGUFValueType.UINT32)
-    return out
-
-
-def write_kvs_gguf(kvs: dict, arch: str, out: Path) -> Path:
-    """A tensor-free GGUF holding `kvs` (llama.cpp loads it with vocab_only=True)."""
-    import gguf
-
-    from farmslm.model.tokenizer import add_kvs
-
-    with artifacts.atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), arch)
-        add_kvs(writer, kvs)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
     return out
 
 
