@@ -101,6 +101,17 @@ def language_table(evals: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+
+def _save(fig, path: Path) -> Path:
+    """Write a figure atomically as PNG and release it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
 def plot_loss(train_logs: dict[str, list[dict]], path: Path) -> Path | None:
     import matplotlib
 
@@ -117,11 +128,7 @@ def plot_loss(train_logs: dict[str, list[dict]], path: Path) -> Path | None:
     ax.set_ylabel("training loss")
     ax.set_title("Training loss")
     ax.legend()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_quality_vs_size(variants: dict[str, dict], path: Path) -> Path | None:
@@ -147,11 +154,7 @@ def plot_quality_vs_size(variants: dict[str, dict], path: Path) -> Path | None:
     ax.set_ylabel("score")
     ax.set_title("Quality vs size")
     ax.legend()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_speed(variants: dict[str, dict], path: Path) -> Path | None:
@@ -171,11 +174,7 @@ def plot_speed(variants: dict[str, dict], path: Path) -> Path | None:
     ax.set_xlabel("generation tokens/s (llama.cpp, this machine)")
     ax.set_title("Speed per variant")
     ax.invert_yaxis()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _answers_md(evals: dict[str, dict]) -> list[str]:

@@ -267,15 +267,9 @@ def remove_neurons(model: nn.Module, keep: list[torch.Tensor]) -> nn.Module:
 
 
 @contextmanager
-def masked_ffn(model: nn.Module, keep: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Zero the activations of neurons not kept (layer index -> kept indices), without copying weights."""
-    handles = []
-    for i, layer in enumerate(decoder_layers(model)):
-        if i not in keep:
-            continue
-        mask = torch.zeros(layer.mlp.down_proj.in_features)
-        mask[keep[i]] = 1.0
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(lambda _m, args, mask=mask: (args[0] * mask,)))
+def _masked_inputs(masks: dict[nn.Module, torch.Tensor]) -> Iterator[None]:
+    """Multiply each module's input by its mask (forward pre-hooks), removed on exit."""
+    handles = [m.register_forward_pre_hook(lambda _m, args, mask=mask: (args[0] * mask,)) for m, mask in masks.items()]
     try:
         yield
     finally:
@@ -284,22 +278,31 @@ def masked_ffn(model: nn.Module, keep: dict[int, torch.Tensor]) -> Iterator[None
 
 
 @contextmanager
+def masked_ffn(model: nn.Module, keep: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Zero the activations of neurons not kept (layer index -> kept indices), without copying weights."""
+    masks = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        if i in keep:
+            mask = torch.zeros(layer.mlp.down_proj.in_features)
+            mask[keep[i]] = 1.0
+            masks[layer.mlp.down_proj] = mask
+    with _masked_inputs(masks):
+        yield
+
+
+@contextmanager
 def ablated_heads(model: nn.Module, heads: dict[int, list[int]]) -> Iterator[None]:
     """Zero attention heads (layer -> head indices) at the input of o_proj."""
-    handles = []
+    masks = {}
     for i, layer in enumerate(decoder_layers(model)):
-        if i not in heads:
-            continue
-        attn = layer.self_attn
-        mask = torch.ones(attn.o_proj.in_features)
-        for h in heads[i]:
-            mask[h * attn.head_dim:(h + 1) * attn.head_dim] = 0.0
-        handles.append(attn.o_proj.register_forward_pre_hook(lambda _m, args, mask=mask: (args[0] * mask,)))
-    try:
+        if i in heads:
+            attn = layer.self_attn
+            mask = torch.ones(attn.o_proj.in_features)
+            for h in heads[i]:
+                mask[h * attn.head_dim:(h + 1) * attn.head_dim] = 0.0
+            masks[attn.o_proj] = mask
+    with _masked_inputs(masks):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
