@@ -84,24 +84,31 @@ def _worker(model: str, threads: int, prompt_tokens: int, gen_tokens: int, repea
     llm = load_llama(Path(model), None, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512,
                       n_threads=threads, n_threads_batch=threads)
     ids = _prompt_ids(llm, prompt_tokens)
+    n_vocab = llm.n_vocab()
+
+    def next_token() -> int:
+        # Llama.eval keeps no logits unless logits_all; llama_get_logits_ith also synchronizes the
+        # context, which is when llama.cpp books its own timings
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))))
+
     runs = []
     for i in range(repeats + 1):
         llm.reset()
         llama_cpp.llama_perf_context_reset(llm.ctx)
         t0 = time.perf_counter()
         llm.eval(ids)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = next_token()
         t1 = time.perf_counter()
         for _ in range(gen_tokens):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = next_token()
         t2 = time.perf_counter()
         perf = llama_cpp.llama_perf_context(llm.ctx)
         if i == 0:
             continue  # warm-up
         runs.append({"prompt_tok_s": prompt_tokens / (t1 - t0), "gen_tok_s": gen_tokens / (t2 - t1),
                      "ttft_ms": 1000 * (t1 - t0),
-                     # llama.cpp's own counters; 0 when the context was created with no_perf
+                     # llama.cpp's own counters for the same decodes
                      "llama_prompt_tok_s": 1000 * perf.n_p_eval / perf.t_p_eval_ms if perf.t_p_eval_ms > 0 else None,
                      "llama_gen_tok_s": 1000 * perf.n_eval / perf.t_eval_ms if perf.t_eval_ms > 0 else None})
     out = {k: (statistics.median(r[k] for r in runs) if runs[0][k] is not None else None) for k in runs[0]}
