@@ -127,8 +127,11 @@ def test_variants_and_profile_errors_name_the_field():
 
     assert build._split_variant("pruned_lora_kd_q4_k_m") == ("pruned_lora_kd", "q4_k_m")
     assert build._split_variant("base_f16") == ("base", "f16")
-    with pytest.raises(ConfigError, match="build.variants: unknown variant 'pruned_q8_0'"):
-        build.stage_configs("quick", {"build": {"variants": ["pruned_q8_0"]}})
+    assert build._split_variant("pruned_lora_kd_q8_0") == ("pruned_lora_kd", "q8_0")
+    with pytest.raises(ConfigError, match="build.variants: unknown variant 'pruned_q3_k'.*_<f16|q8_0"):
+        build.stage_configs("quick", {"build": {"variants": ["pruned_q3_k"]}})
+    with pytest.raises(ConfigError, match="unknown variant 'tuned_q4_k_m'"):
+        build.stage_configs("quick", {"build": {"variants": ["tuned_q4_k_m"]}})
     with pytest.raises(ConfigError, match="--set: unknown stage 'trian'"):
         build.stage_configs("quick", {"trian": {"lr": 1e-4}})
     with pytest.raises(ConfigError, match="unknown field"):

@@ -27,12 +27,14 @@ class ScriptedLlama:
     def __init__(self, chunks: list[bytes]):
         self.chunks = chunks
         self.prompts: list[str] = []
+        self.sampling: list[dict] = []
 
     def tokenize(self, data: bytes, add_bos: bool = True) -> list[int]:
         self.prompts.append(data.decode())
         return list(range(len(data.split())))
 
     def generate(self, tokens, **kw):
+        self.sampling.append(kw)
         yield from range(len(self.chunks))
         while True:
             yield EOS
@@ -45,6 +47,7 @@ def scripted(text: str | list[bytes], n_ctx: int = 1024) -> Engine:
     chunks = text if isinstance(text, list) else [w.encode() for w in _words(text)]
     engine = Engine.__new__(Engine)
     engine.llm, engine.few_shot, engine.n_ctx = ScriptedLlama(chunks), "", n_ctx
+    engine.repeat_penalty = eng.REPEAT_PENALTY
     engine._is_eog = lambda token: token == EOS
     return engine
 
@@ -137,6 +140,17 @@ def test_bad_options_and_context_overflow():
         scripted(" x").ask("q", temperature=float("nan"))
     with pytest.raises(InputError, match="context holds 4"):
         scripted(" x", n_ctx=4).ask("a question with many words")
+
+
+def test_repeat_penalty_default_override_and_range():
+    engine = scripted(" [NORMAL] fine")
+    engine.ask("q")
+    engine.ask("q", repeat_penalty=1.3)
+    assert [kw["repeat_penalty"] for kw in engine.llm.sampling] == [eng.REPEAT_PENALTY, 1.3]
+    for bad in (0.9, 2.5, float("nan")):
+        with pytest.raises(InputError, match="repeat_penalty") as err:
+            engine.ask("q", repeat_penalty=bad)
+        assert "[1, 2]" in str(err.value)
 
 
 def test_held_back_and_prefix():

@@ -193,6 +193,8 @@ def test_config_refuses_unsafe_settings(tmp_path, monkeypatch):
     assert load_config(None, host="0.0.0.0").api_key == "k"
     with pytest.raises(ConfigError, match="cors_origins"):
         load_config(None, cors_origins=["*"])
+    with pytest.raises(ConfigError, match="repeat_penalty"):
+        load_config(None, repeat_penalty=0.5)
     path = tmp_path / "serve.yaml"
     path.write_text("serve:\n  queue_size: 3\n  stale_after_s: 42\n")
     cfg = load_config(path, port=9999)

@@ -62,6 +62,32 @@ def test_answer_masking_is_exact():
     assert (batch["labels"][pad] == train.IGNORE).all() and pad.any()
 
 
+def test_tag_drill_is_prompt_and_tag_only(tmp_path):
+    import json
+
+    tok = ByteTokenizer()
+    for text in SAMPLES:
+        full, drill = train.encode_example(tok, text, 512), train.encode_example(tok, text, 512, tag_only=True)
+        assert drill.ids == full.ids[:full.n_prompt + full.n_tag] and drill.n_tag == full.n_tag
+        labels, weights = train.labels_and_weights(drill, tag_weight=2.0)
+        answer = text.split("\nA:", 1)[1]
+        assert tok.decode([t for t in labels if t != train.IGNORE]) == answer[:answer.index("]") + 1]
+        assert tok.eos_id not in drill.ids and set(weights[drill.n_prompt:]) == {2.0}
+    rows = [{"text": SAMPLES[i % 4].replace("?", f"? #{i}")} for i in range(20)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    exs = train.load_examples(path, tok, tiny_cfg(), limit=5, drills=8)
+    full, drills = exs[:5], exs[5:]
+    assert len(drills) == 8 and all(tok.eos_id in e.ids for e in full) and not any(tok.eos_id in e.ids for e in drills)
+    prompts = [tok.decode(e.ids[:e.n_prompt]) for e in exs]
+    assert len(set(prompts)) == 13  # drills come from rows the full samples did not use
+    assert full == train.load_examples(path, tok, tiny_cfg(), limit=5)  # drills do not change the full draw
+    # a batch of drills alone: no KD term (nothing outside the tag), the loss stays finite
+    model, teacher = make_tiny_model("gemma3", seed=1), make_tiny_model("gemma3", seed=2)
+    loss, parts = train.batch_loss(model, train.collate(drills[:2], 1.0, 0), tiny_cfg(kd_alpha=0.5), teacher)
+    assert parts["kd"] == 0.0 and loss.item() == pytest.approx(0.5 * parts["ce"], rel=1e-6)
+
+
 def test_kd_loss_matches_hand_computation():
     s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     t = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])

@@ -6,13 +6,14 @@ imatrix + Q4_K_M -> evaluate every variant -> report -> DIR/model.gguf.
     DIR/data/                       the dataset (train/val/test/validation_questions, card)
     DIR/base/ vocab/ prune/         model dirs (our format)
     DIR/train/<variant>/            adapters + train_log.jsonl;  DIR/merged/<variant>/  merged model dirs
-    DIR/export/<variant>/           model-f16.gguf, model-q4_k_m.gguf, its imatrix
+    DIR/export/<variant>/           model-f16.gguf, model-<type>.gguf (q4_k_m, ...), their imatrix
     DIR/eval/<variant>_<quant>/     result.json (answers, all figures)
     DIR/report.json report.md *.png build.log;  DIR/model.gguf  the final model
 
 Variants: base (vocab-trimmed, untrained, few-shot prompt), finetuned (unpruned + LoRA, also the KD
-teacher), pruned (no recovery, few-shot), pruned_lora, pruned_lora_kd; each at f16 / q4_k_m as the
-profile's `build.variants` lists; `stock` = the packaged GGUF (speed, memory, size, answers).
+teacher), pruned (no recovery, few-shot), pruned_lora, pruned_lora_kd; each at f16 or a llama.cpp type
+(q4_k_m, q8_0, ...) as the profile's `build.variants` lists; `stock` = the packaged GGUF (speed,
+memory, size, answers).
 Every stage dir has meta.json; a stage whose config and inputs are unchanged is skipped, so a killed
 build resumes where it stopped (training continues from its last checkpoint).
 Example: farmslm build --profile quick --out runs/quick
@@ -37,17 +38,18 @@ log = logging.getLogger("farmslm.build")
 
 TRAINED = {"finetuned": "vocab", "pruned_lora": "prune", "pruned_lora_kd": "prune"}  # variant -> model it trains
 UNTRAINED = {"base": "vocab", "pruned": "prune"}  # variant -> model dir, evaluated with a few-shot prompt
-QUANTS = ("f16", "q4_k_m")
+QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs")  # variant suffixes: f16 or a llama.cpp type
+DEFAULT_QUANTS = ("f16", "q4_k_m")
 
 
 @dataclass
 class BuildConfig:
     base: str = "default"  # base model: default (packaged Gemma 3 270M) | HF dir | .gguf
     vocab_trim: bool = True  # trim the vocabulary to the domain before pruning (issue 8)
-    variants: list[str] = field(default_factory=lambda: [f"{v}_{q}" for v in (*UNTRAINED, *TRAINED) for q in QUANTS])
+    variants: list[str] = field(default_factory=lambda: [f"{v}_{q}" for v in (*UNTRAINED, *TRAINED)
+                                                           for q in DEFAULT_QUANTS])  # <variant>_<f16|llama.cpp type>
     stock: bool = True  # also measure the packaged stock GGUF (speed, memory, size, answers)
     final: str = "pruned_lora_kd_q4_k_m"  # the final model unless the report shows another is better
-    qtype: str = "Q4_K_M"  # llama.cpp quantization of the *_q4_k_m variants
     threads: int = 0  # torch and llama.cpp threads; 0 = all cores
 
 
@@ -56,8 +58,8 @@ def _split_variant(name: str) -> tuple[str, str]:
     quant = next((q for q in QUANTS if name.endswith("_" + q)), "")
     stem = name[: -len(quant) - 1] if quant else name
     if stem not in {**UNTRAINED, **TRAINED} or not quant:
-        known = ", ".join(f"{v}_{q}" for v in (*UNTRAINED, *TRAINED) for q in QUANTS)
-        raise ConfigError(f"build.variants: unknown variant {name!r}; known: {known}")
+        raise ConfigError(f"build.variants: unknown variant {name!r}; expected <{'|'.join((*UNTRAINED, *TRAINED))}>"
+                          f"_<{'|'.join(QUANTS)}>, e.g. pruned_lora_kd_q4_k_m")
     return stem, quant
 
 
@@ -191,18 +193,19 @@ class Build:
         return merge.run(train_dir, self.out / "merged" / variant, base_dir=model_dir)
 
     def export(self, variant: str, model_dir: Path, data_dir: Path, quants: set[str]) -> dict[str, Path]:
-        """Model dir -> export/<variant>/model-f16.gguf (+ imatrix + model-q4_k_m.gguf)."""
+        """Model dir -> export/<variant>/model-f16.gguf (+ model-<type>.gguf and its imatrix per llama.cpp type)."""
         from farmslm.model import export, quantize
 
         out = self.out / "export" / variant
-        f16, q = out / "model-f16.gguf", out / f"model-{self.cfg.qtype.lower()}.gguf"
-        qcfg = dataclasses.replace(self.cfgs["quantize"], in_gguf=str(f16), out=str(q), qtype=self.cfg.qtype,
-                                   imatrix_data=str(data_dir), model_dir=str(model_dir),
-                                   n_threads=self.cfg.threads)
-        config = {"variant": variant, "profile": self.profile, "quantize": qcfg if "q4_k_m" in quants else None}
+        f16 = out / "model-f16.gguf"
+        qcfgs = {q: dataclasses.replace(self.cfgs["quantize"], in_gguf=str(f16), out=str(out / f"model-{q}.gguf"),
+                                        qtype=q.upper(), imatrix_data=str(data_dir), model_dir=str(model_dir),
+                                        n_threads=self.cfg.threads)
+                 for q in sorted(quants - {"f16"})}
+        config = {"variant": variant, "profile": self.profile, "quantize": qcfgs}
         inputs = {"model": artifacts.hash_path(model_dir / "model.safetensors"),
                   "tokenizer": artifacts.hash_path(model_dir / "tokenizer.gguf")}
-        files = {"f16": f16, **({"q4_k_m": q} if "q4_k_m" in quants else {})}
+        files = {"f16": f16, **{q: Path(c.out) for q, c in qcfgs.items()}}
         if self._skip(out, config, inputs) and all(p.exists() for p in files.values()):
             return files
         started = time.time()
@@ -210,7 +213,7 @@ class Build:
                                    profile=self.profile, dataset_hash=self.dataset_hash(data_dir),
                                    extra={"variant": variant})
         export.run(ecfg)
-        if "q4_k_m" in quants:
+        for qcfg in qcfgs.values():
             quantize.run(qcfg)
         metrics = {k: round(p.stat().st_size / 1e6, 1) for k, p in files.items()}
         artifacts.write_meta(out, "export", config, inputs, {"size_mb": metrics}, started)

@@ -157,10 +157,11 @@ def bench(model: Path = typer.Argument(..., help="GGUF to benchmark."),
 
 # ---- runtime: chat, ask ------------------------------------------------------------------------
 
-def _engine(model: str, threads: Optional[int], few_shot: bool):
+def _engine(model: str, threads: Optional[int], few_shot: bool, repeat_penalty: float):
     from farmslm.runtime.engine import Engine, InputError, default_few_shot, resolve_model
     try:
-        return Engine(resolve_model(model), n_threads=threads, few_shot=default_few_shot() if few_shot else "")
+        return Engine(resolve_model(model), n_threads=threads, few_shot=default_few_shot() if few_shot else "",
+                      repeat_penalty=repeat_penalty)
     except InputError as exc:
         fail(str(exc))
 
@@ -173,6 +174,7 @@ def ask(question: str = typer.Argument(..., help="The grower's question (Korean 
         no_guard: bool = typer.Option(False, "--no-guard", help="Let the model write the warning tag (evaluation only)."),
         max_tokens: int = typer.Option(128, help="Most tokens to generate."),
         temperature: float = typer.Option(0.0, help="0 = greedy."),
+        repeat_penalty: float = typer.Option(1.1, help="llama.cpp repetition penalty, 1..2 (1 = off)."),
         threads: Optional[int] = typer.Option(None, help="llama.cpp threads (default: all cores)."),
         few_shot: bool = typer.Option(False, "--few-shot", help="Prefix two worked examples (for an untrained base model)."),
         lang: str = typer.Option("en", help="Language of the warning messages: en|ko.")) -> None:
@@ -187,7 +189,7 @@ def ask(question: str = typer.Argument(..., help="The grower's question (Korean 
             raise InputError("--lang", f"got {lang!r}; expected en|ko")
     except (SensorError, InputError) as exc:
         fail(str(exc))
-    engine = _engine(model, threads, few_shot)
+    engine = _engine(model, threads, few_shot, repeat_penalty)
     if not as_json and readings is not None:
         for code in rules_mod.evaluate(readings):
             typer.echo(f"[{code}] {rules_mod.message(code, lang)}")
@@ -211,6 +213,7 @@ def ask(question: str = typer.Argument(..., help="The grower's question (Korean 
 def chat(model: str = typer.Argument("default", help="GGUF path, or 'default' for the packaged stock model."),
          sensors: Optional[str] = typer.Option(None, help="Initial readings as JSON."),
          max_tokens: int = typer.Option(128, help="Most tokens per answer."),
+         repeat_penalty: float = typer.Option(1.1, help="llama.cpp repetition penalty, 1..2 (1 = off)."),
          threads: Optional[int] = typer.Option(None, help="llama.cpp threads (default: all cores)."),
          few_shot: bool = typer.Option(False, "--few-shot", help="Prefix two worked examples (base model).")) -> None:
     """Interactive questions. /sensors JSON sets readings, /sensors clears them, /quit leaves."""
@@ -220,7 +223,7 @@ def chat(model: str = typer.Argument("default", help="GGUF path, or 'default' fo
         readings = parse_json(sensors) if sensors else None
     except SensorError as exc:
         fail(str(exc))
-    engine = _engine(model, threads, few_shot)
+    engine = _engine(model, threads, few_shot, repeat_penalty)
     typer.echo(f"{engine.name}: ask a question; /sensors JSON, /quit", err=True)
     try:
         while True:

@@ -39,6 +39,7 @@ class EvalConfig:
     ppl_ctx: int = 256  # tokens per perplexity text (longer ones are cut)
     n_ctx: int = 1024  # llama.cpp context for answering (few-shot prompts included)
     threads: int = 0  # llama.cpp threads; 0 = all cores
+    repeat_penalty: float = 1.1  # llama.cpp repetition penalty of the answers (runtime.engine.REPEAT_PENALTY)
     bench: bool = True  # measure prompt/generation tok/s and TTFT once with the bench
     bench_repeats: int = 3  # bench runs after its warm-up (medians reported)
     n_few_shot: int = 2  # examples (one per language) prefixed for untrained variants
@@ -130,7 +131,8 @@ def run(cfg: EvalConfig, model: str | Path, data_dir: str | Path, out: str | Pat
     started = time.time()
     process = psutil.Process()
     prefix = few_shot_text(data_dir, cfg.n_few_shot) if few_shot else ""
-    engine = Engine(model, n_threads=cfg.threads or None, n_ctx=cfg.n_ctx, few_shot=prefix)
+    engine = Engine(model, n_threads=cfg.threads or None, n_ctx=cfg.n_ctx, few_shot=prefix,
+                    repeat_penalty=cfg.repeat_penalty)
     rss_loaded = process.memory_info().rss / 1e6
     test_rows = interleave_langs(artifacts.read_jsonl(data_dir / "test.jsonl"))[: cfg.n_test]
     val_rows = artifacts.read_jsonl(data_dir / "validation_questions.jsonl") if cfg.validation else []

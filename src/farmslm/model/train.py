@@ -55,6 +55,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     max_seq_len: int = 256  # tokens; longer samples are cut (answer tail first)
     max_samples: int = 0  # training samples drawn (seeded) from train.jsonl; 0 = all
+    tag_drills: int = 0  # more train.jsonl rows (not among those samples) cut right after the tag: prompt +
+    # tag, loss on the tag alone. The tag's numeric thresholds need far more examples than the answers
+    # do, and a drill costs about half a full sample's tokens.
     val_samples: int = 64  # val.jsonl samples for the final answer loss / perplexity; 0 = none
     tag_weight: float = 1.0  # CE weight of the [WARNING: ...]/[NORMAL] tag tokens relative to the rest
     kd_alpha: float = 0.5  # share of the KD term when a teacher is given
@@ -113,12 +116,17 @@ def _tag_tokens(tokenizer, answer_ids: list[int]) -> int:
     return 0
 
 
-def encode_example(tokenizer, text: str, max_seq_len: int) -> Example:
-    """Prompt and answer are tokenized apart: the prompt's ids are what llama.cpp sees at inference."""
+def encode_example(tokenizer, text: str, max_seq_len: int, tag_only: bool = False) -> Example:
+    """Prompt and answer are tokenized apart: the prompt's ids are what llama.cpp sees at inference.
+
+    tag_only: the answer is cut after the tag (a tag drill; no EOS, the answer is not learnt).
+    """
     prompt, answer = split_text(text)
     p_ids = tokenizer.encode(prompt, add_bos=True)
     a_ids = tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_id]
     n_tag = _tag_tokens(tokenizer, a_ids)
+    if tag_only:
+        a_ids = a_ids[:n_tag]
     ids = (p_ids + a_ids)[:max_seq_len]
     return Example(ids=ids, n_prompt=len(p_ids), n_tag=n_tag)
 
@@ -162,11 +170,17 @@ def collate(examples: list[Example], tag_weight: float, pad_id: int) -> dict[str
             "labels": torch.tensor(labels), "weights": torch.tensor(weights), "tag": torch.tensor(tag)}
 
 
-def load_examples(path: Path, tokenizer, cfg: TrainConfig, limit: int) -> list[Example]:
+def load_examples(path: Path, tokenizer, cfg: TrainConfig, limit: int, drills: int = 0) -> list[Example]:
+    """`limit` full samples (0 = all rows) and then up to `drills` tag drills from the rows left over."""
     rows = artifacts.read_jsonl(path)
     if limit and limit < len(rows):
-        rows = random.Random(cfg.seed).sample(rows, limit)
-    return [encode_example(tokenizer, r["text"], cfg.max_seq_len) for r in rows]
+        order = random.Random(cfg.seed).sample(range(len(rows)), len(rows))
+        rest = [rows[i] for i in order[limit:limit + drills]]
+        rows = [rows[i] for i in order[:limit]]  # the same draw as random.sample(rows, limit)
+    else:
+        rest = []
+    return ([encode_example(tokenizer, r["text"], cfg.max_seq_len) for r in rows]
+            + [encode_example(tokenizer, r["text"], cfg.max_seq_len, tag_only=True) for r in rest])
 
 
 # ---- loss ---------------------------------------------------------------------------------------
@@ -210,9 +224,12 @@ def batch_loss(model, batch, cfg: TrainConfig, teacher=None) -> tuple[torch.Tens
     parts = {"ce": ce.item(), "ce_plain": ce_tok.mean().item()}
     if teacher is None or cfg.kd_alpha == 0:
         return ce, parts
+    kd_rows = ~batch["tag"][:, 1:][sel] if cfg.kd_skip_tag else torch.ones_like(targets, dtype=torch.bool)
+    if not kd_rows.any():  # a batch of tag drills only: nothing to distil
+        parts["kd"] = 0.0
+        return (1 - cfg.kd_alpha) * ce, parts
     with torch.no_grad():
         t_logits, _ = answer_logits(teacher, batch)
-    kd_rows = ~batch["tag"][:, 1:][sel] if cfg.kd_skip_tag else torch.ones_like(targets, dtype=torch.bool)
     kd = kd_loss(logits[kd_rows], t_logits[kd_rows], cfg.kd_temperature)
     parts["kd"] = kd.item()
     return (1 - cfg.kd_alpha) * ce + cfg.kd_alpha * kd, parts
@@ -466,7 +483,7 @@ def run(cfg: TrainConfig, model_dir: str | Path, data_dir: str | Path, out_dir: 
         check_same_vocab(tok_path, t_tok, model, teacher)
         teacher.eval().requires_grad_(False)
     tokenizer = Tokenizer(tok_path)
-    examples = load_examples(train_path, tokenizer, cfg, cfg.max_samples)
+    examples = load_examples(train_path, tokenizer, cfg, cfg.max_samples, cfg.tag_drills)
     val_path = data_dir / "val.jsonl"
     val = load_examples(val_path, tokenizer, cfg, cfg.val_samples) if cfg.val_samples and val_path.exists() else []
     model = add_adapter(model, cfg)

@@ -22,6 +22,11 @@ from typing import Callable, Iterator
 from farmslm.domain.sensors import Readings, format_prompt, format_sample, format_tag, parse_tag
 
 STOP = ("\nQ:",)  # the next sample starts: the answer is over
+# llama.cpp repetition penalty over the last 64 generated tokens (prompt tokens are not counted).
+# Measured on the quick build's fine-tuned Q4_K_M, 30 validation answers, greedy: degeneration rate
+# 0.47 at 1.0 and 0.00 at 1.1, 1.2 and 1.3; the unguarded tag accuracy on 60 test rows was the same
+# (0.25) at 1.0 and 1.1.
+REPEAT_PENALTY = 1.1
 MAX_QUESTION_CHARS = 500
 _FORGED_TAG_RE = re.compile(r"\[\s*(STATUS|WARNING|NORMAL)\b[^\]]*\]?", re.IGNORECASE)
 _TAG_HOLD_CHARS = 160  # unguarded streaming: text held back until the model's tag is complete
@@ -126,6 +131,12 @@ def passive_omp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def check_repeat_penalty(value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 1.0 <= value <= 2.0):
+        raise InputError("repeat_penalty", f"got {value!r}; expected a number in [1, 2] (1 = off)")
+    return float(value)
+
+
 def load_llama(path: Path, extra_bufts: bool | None, **kwargs):
     """Llama(...), optionally without llama.cpp's extra (repacked/AMX) weight buffers.
 
@@ -157,7 +168,8 @@ class Engine:
     """One loaded GGUF. Not thread-safe: callers serialise (the server runs one worker thread)."""
 
     def __init__(self, model_path: str | Path, n_threads: int | None = None, n_ctx: int = 1024,
-                 few_shot: str = "", seed: int = 0, extra_bufts: bool | None = None):
+                 few_shot: str = "", seed: int = 0, extra_bufts: bool | None = None,
+                 repeat_penalty: float = REPEAT_PENALTY):
         passive_omp()
         from llama_cpp import llama_vocab_is_eog
 
@@ -168,6 +180,7 @@ class Engine:
         self.few_shot = few_shot
         self.n_ctx = n_ctx
         self.extra_bufts = extra_bufts
+        self.repeat_penalty = check_repeat_penalty(repeat_penalty)
         n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
         try:
             self.llm = load_llama(path, extra_bufts, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx),
@@ -187,7 +200,7 @@ class Engine:
 
     def ask(self, question: str, readings: Readings | None = None, guard: bool = True, max_tokens: int = 128,
             temperature: float = 0.0, on_piece: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Answer:
+            should_stop: Callable[[], bool] | None = None, repeat_penalty: float | None = None) -> Answer:
         """Answer one question; on_piece(text) receives the answer as it is generated.
 
         should_stop() is polled once per token (timeouts, client gone); the answer so far is kept.
@@ -199,6 +212,7 @@ class Engine:
             raise InputError("max_tokens", f"got {max_tokens!r}; expected an integer in [1, 4096]")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and 0 <= temperature <= 2):
             raise InputError("temperature", f"got {temperature!r}; expected a number in [0, 2]")
+        penalty = self.repeat_penalty if repeat_penalty is None else check_repeat_penalty(repeat_penalty)
         codes = rules.evaluate(readings) if readings else []
         tag = format_tag(codes) if guard else None
         tokens = self.llm.tokenize(self.prompt(question, readings, tag).encode("utf-8"), add_bos=True)
@@ -215,7 +229,7 @@ class Engine:
         t0 = time.perf_counter()
         t_first = t_last = t0
         gen = self.llm.generate(tokens, temp=float(temperature), top_k=40 if temperature else 1,
-                                top_p=0.95, min_p=0.05, repeat_penalty=1.0)
+                                top_p=0.95, min_p=0.05, repeat_penalty=penalty)
         for token in gen:
             now = time.perf_counter()
             if t.gen_tokens == 0:

@@ -114,7 +114,7 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
         def engine_factory():
             from farmslm.runtime.engine import Engine, default_few_shot, resolve_model
             return Engine(resolve_model(cfg.model), n_threads=cfg.n_threads, n_ctx=cfg.n_ctx,
-                          few_shot=default_few_shot() if cfg.few_shot else "")
+                          few_shot=default_few_shot() if cfg.few_shot else "", repeat_penalty=cfg.repeat_penalty)
     worker = ModelWorker(engine_factory, cfg.queue_size, lazy=cfg.lazy_load, idle_unload_s=cfg.idle_unload_s)
     feed = SensorFeed(cfg.stale_after_s, cfg.mqtt_topic_prefix,
                       on_status=lambda s: metrics.feed_messages.labels(s).inc())

@@ -36,6 +36,7 @@ class ServeConfig:
     n_ctx: int = 1024  # context window in tokens
     few_shot: bool = False  # prefix two worked examples (makes an untrained base model usable)
     max_tokens: int = 128  # default answer length in tokens
+    repeat_penalty: float = 1.1  # llama.cpp repetition penalty of answers, 1..2 (1 = off)
     max_tokens_limit: int = 512  # most tokens a request may ask for
     max_question_chars: int = 500
     max_body_bytes: int = 16_384  # larger request bodies get 413
@@ -82,6 +83,8 @@ def check(cfg: ServeConfig) -> ServeConfig:
     for name in ("max_tokens", "max_tokens_limit", "max_question_chars", "max_body_bytes", "n_ctx"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    if not 1.0 <= cfg.repeat_penalty <= 2.0:
+        raise ConfigError(f"repeat_penalty: got {cfg.repeat_penalty}; expected 1..2 (1 = off)")
     if cfg.max_tokens > cfg.max_tokens_limit:
         raise ConfigError(f"max_tokens: {cfg.max_tokens} exceeds max_tokens_limit {cfg.max_tokens_limit}")
     if cfg.queue_size < 0 or cfg.request_timeout_s <= 0 or cfg.stale_after_s <= 0 or cfg.idle_unload_s < 0:
