@@ -17,6 +17,7 @@ import torch
 from farmslm import artifacts
 from farmslm.evaluate import gate
 from farmslm.model import prune as P
+from farmslm.model.load import load_any
 from farmslm.model.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,7 +31,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    base, tokenizer_gguf, _ = P.load_any("default")
+    loaded = load_any("default")
+    base, tokenizer_gguf = loaded.model, loaded.tokenizer_gguf
     tok = Tokenizer(tokenizer_gguf)
     data = Path(args.data)
     questions = artifacts.read_jsonl(data / "validation_questions.jsonl")

@@ -139,8 +139,8 @@ class Build:
     def base(self) -> str:
         """Resolve and record the base model. With the vocab trim on, the trim stage loads it itself
         (saving the 262k-token model dir first would cost minutes for nothing); else it is saved here."""
-        from farmslm.model.io import TOKENIZER, load_model_dir, save_model_dir
-        from farmslm.model.load import default_gguf, load_base
+        from farmslm.model.io import save_model_dir
+        from farmslm.model.load import default_gguf, load_any
 
         out = self.out / "base"
         spec = self.cfg.base
@@ -155,12 +155,8 @@ class Build:
         if not config["saved"]:
             artifacts.write_meta(out, "base", config, inputs, {"source": str(path)}, started)
             return spec
-        if (path / "meta.json").exists() and (path / TOKENIZER).exists():  # already our format
-            model, meta = load_model_dir(path)
-            tokenizer, arch = path / TOKENIZER, meta["arch"]
-        else:
-            loaded = load_base(spec)
-            model, tokenizer, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
+        loaded = load_any(spec if spec == "default" else path)
+        model, tokenizer, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
         save_model_dir(model, out, tokenizer, arch, "base", config, inputs, started=started, base=spec,
                        source=str(path))
         return str(out)

@@ -1,6 +1,7 @@
 """Base models in: `default` (the packaged Gemma 3 270M GGUF), a Hugging Face directory, or a GGUF.
 
-spec -> Loaded(model in fp32 on the CPU, tokenizer_gguf, arch, source). The tokenizer GGUF is
+spec -> Loaded(model in fp32 on the CPU, tokenizer_gguf, arch, source); `load_any` also takes our
+own model dirs (a trimmed, pruned or merged model). The tokenizer GGUF is
 the vocabulary's source of truth: training and llama.cpp tokenize with it alike.
 Example: python -c "from farmslm.model.load import load_base; print(load_base('default').arch)"
 """
@@ -102,3 +103,21 @@ def load_base(spec: str | Path = "default") -> Loaded:
         tokenizer_gguf = tokenizer_gguf_from_hf(path, cache / f"{_tokenizer_key(path)}.gguf")
     model.eval()
     return Loaded(model=model, tokenizer_gguf=tokenizer_gguf, arch=arch, source=str(path))
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Our model format (model/io.py): meta.json + model.safetensors + tokenizer.gguf."""
+    from farmslm.model.io import TOKENIZER
+
+    p = Path(path)
+    return p.is_dir() and all((p / f).exists() for f in ("meta.json", "model.safetensors", TOKENIZER))
+
+
+def load_any(spec: str | Path) -> Loaded:
+    """Our model dir (exact per-layer widths) or anything load_base takes."""
+    if is_model_dir(spec):
+        from farmslm.model.io import TOKENIZER, load_model_dir
+
+        model, meta = load_model_dir(Path(spec))
+        return Loaded(model=model, tokenizer_gguf=Path(spec) / TOKENIZER, arch=meta["arch"], source=str(spec))
+    return load_base(spec)

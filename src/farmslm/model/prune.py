@@ -356,20 +356,6 @@ def calibration_ids(rows: list[dict], tokenizer, n: int, seq_len: int, seed: int
     return [tokenizer.encode(t, add_bos=True)[:seq_len] for t in picked]
 
 
-def load_any(base: str) -> tuple[nn.Module, Path, str]:
-    """(model, tokenizer_gguf, arch) from our model dir (e.g. a vocab-trimmed one) or any load_base spec."""
-    from farmslm.model.io import TOKENIZER, load_model_dir
-    from farmslm.model.load import load_base
-
-    path = Path(base)
-    if (path / "meta.json").exists() and (path / "model.safetensors").exists():
-        model, meta = load_model_dir(path)
-        return model, path / TOKENIZER, meta["arch"]
-    loaded = load_base(base)
-    model = loaded.model
-    return model, loaded.tokenizer_gguf, loaded.arch
-
-
 def prune(model: nn.Module, stats: Stats | None, cfg: PruneConfig) -> list[torch.Tensor]:
     """Score, allocate and remove in place; returns the kept indices per layer."""
     keep = allocate(model, scores(model, stats, cfg.metric, cfg.dead_activity), cfg, stats)
@@ -398,7 +384,10 @@ def run(cfg: PruneConfig) -> Path:
         log.info("prune: %s is done with the same config and inputs; skipping", out_dir)
         return out_dir
 
-    model, tokenizer_gguf, arch = load_any(cfg.base)
+    from farmslm.model.load import load_any
+
+    loaded = load_any(cfg.base)
+    model, tokenizer_gguf, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
     tok = Tokenizer(tokenizer_gguf)
     rows = artifacts.read_jsonl(train_path)
     ids = calibration_ids(rows, tok, cfg.n_calib, cfg.calib_seq_len, cfg.seed)

@@ -86,7 +86,10 @@ def run(cfg: StudyConfig) -> Path:
     for name in ("train.jsonl", "val.jsonl"):
         if not (data_dir / name).exists():
             raise ValueError(f"data: {data_dir / name} does not exist; build the dataset first (farmslm data build)")
-    model, tokenizer_gguf, _ = P.load_any(cfg.base)
+    from farmslm.model.load import load_any
+
+    loaded = load_any(cfg.base)
+    model, tokenizer_gguf = loaded.model, loaded.tokenizer_gguf
     tok = Tokenizer(tokenizer_gguf)
     torch.manual_seed(cfg.seed)
     train, val = artifacts.read_jsonl(data_dir / "train.jsonl"), artifacts.read_jsonl(data_dir / "val.jsonl")

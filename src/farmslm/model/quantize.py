@@ -200,16 +200,10 @@ def run(cfg: QuantizeConfig) -> Path:
         raise ValueError("--out: give the output .gguf path")
     imx = None
     if cfg.imatrix:
-        if cfg.model_dir:
-            from farmslm.model.io import load_model_dir
+        from farmslm.model.load import load_any
 
-            model, meta = load_model_dir(cfg.model_dir)
-            arch = meta["arch"]
-        else:
-            from farmslm.model.load import load_base
-
-            loaded = load_base(cfg.in_gguf)
-            model, arch = loaded.model, loaded.arch
+        loaded = load_any(cfg.model_dir or cfg.in_gguf)
+        model, arch = loaded.model, loaded.arch
         tok = get_tokenizer(cfg.in_gguf)
         texts = calibration_texts(cfg.imatrix_data, cfg.max_texts)
         imx = compute_imatrix(model, arch, [tok.encode(t)[: cfg.max_tokens] for t in texts],

@@ -420,21 +420,15 @@ def plot_loss(rows: list[dict], path: Path) -> Path:
 
 def load_model(model_dir: str | Path, device: str, qlora: bool = False) -> tuple[torch.nn.Module, Path, dict]:
     """Our model dir (or a load_base spec) -> (model on device, tokenizer.gguf, meta)."""
-    from farmslm.model.io import TOKENIZER, load_model_dir
+    from farmslm.model.io import TOKENIZER
+    from farmslm.model.load import load_any
 
-    path = Path(model_dir)
-    if (path / "meta.json").exists() and (path / "model.safetensors").exists():
-        if qlora:
-            model, meta = _load_4bit(path)
-        else:
-            model, meta = load_model_dir(path)
-        tok = path / TOKENIZER
-    else:
-        from farmslm.model.load import load_base
-
-        loaded = load_base(str(model_dir))
-        model, tok, meta = loaded.model, loaded.tokenizer_gguf, {"arch": loaded.arch}
-    return (model if qlora else model.to(device)), tok, meta
+    if qlora:
+        model, meta = _load_4bit(Path(model_dir))
+        return model, Path(model_dir) / TOKENIZER, meta
+    loaded = load_any(model_dir)
+    meta = artifacts.read_meta(Path(model_dir)) if (Path(model_dir) / artifacts.META).exists() else {"arch": loaded.arch}
+    return loaded.model.to(device), loaded.tokenizer_gguf, meta
 
 
 def _load_4bit(path: Path):

@@ -366,7 +366,6 @@ def run(cfg: VocabConfig, model: str, data_dir: str | Path, out_dir: str | Path,
     started = time.time()
     out_dir = Path(out_dir)
     src = Path(model)
-    is_model_dir = src.is_dir() and (src / "meta.json").exists() and (src / io.TOKENIZER).exists()
     inputs = {"model": artifacts.hash_path(src) if src.exists() else str(model)}
     if texts is None:
         from farmslm.dataset.corpus import domain_texts
@@ -380,14 +379,10 @@ def run(cfg: VocabConfig, model: str, data_dir: str | Path, out_dir: str | Path,
     if artifacts.is_done(out_dir, cfg, inputs) and (out_dir / VOCAB_MAP).exists():
         log.info("vocab: %s is up to date, skipping", out_dir)
         return out_dir
-    if is_model_dir:
-        net, meta = io.load_model_dir(src)
-        tokenizer_gguf, arch = src / io.TOKENIZER, meta["arch"]
-    else:
-        from farmslm.model.load import load_base
+    from farmslm.model.load import load_any
 
-        loaded = load_base(model)
-        net, tokenizer_gguf, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
+    loaded = load_any(model)
+    net, tokenizer_gguf, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
     from farmslm.model.tokenizer import read_kvs
 
     kvs = read_kvs(tokenizer_gguf)  # every metadata KV (hparams too: llama.cpp needs them)

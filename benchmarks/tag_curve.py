@@ -1,0 +1,100 @@
+"""Tag-learning curve: how fast does LoRA teach the `[WARNING: ...]` / `[NORMAL]` tag on 2 CPU cores?
+
+a build's pruned model dir + its data dir -> one LoRA run (the quick profile's settings unless
+overridden) that stops every K steps to write the tag of a fixed draw of test rows (torch, greedy,
+unguarded) and score it exact-set against the rule engine -> benchmarks/results/tag_curve.{json,md}
+(one section per run name; earlier runs are kept). The share of the commonest predicted tag is
+reported too: a model that writes [NORMAL] everywhere scores the NORMAL share of the rows.
+Example: .venv/bin/python benchmarks/tag_curve.py --model runs/quick/prune --data runs/quick/data \
+    --name drills --set '{"max_samples": 192, "tag_drills": 1344}' --every 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    import torch
+
+    from farmslm import artifacts
+    from farmslm.config import load_profile
+    from farmslm.domain.sensors import parse_tag
+    from farmslm.evaluate import metrics
+    from farmslm.model import train as T
+    from farmslm.model.experiments import generate
+    from farmslm.model.tokenizer import Tokenizer
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model dir (e.g. a build's prune/)")
+    ap.add_argument("--data", required=True, help="dataset dir (train.jsonl, test.jsonl)")
+    ap.add_argument("--name", required=True, help="run name (section of the results)")
+    ap.add_argument("--set", default="{}", help="JSON overrides of the quick profile's train config")
+    ap.add_argument("--every", type=int, default=20, help="score the tag every N optimizer steps")
+    ap.add_argument("--rows", type=int, default=60, help="test rows scored (seeded draw)")
+    args = ap.parse_args()
+
+    over = {**load_profile("quick").get("train", {}), "save_steps": 10 ** 6, **json.loads(args.set)}
+    cfg = replace(T.TrainConfig(), **over)
+    torch.manual_seed(cfg.seed)
+    model, tok_path, _ = T.load_model(args.model, "cpu")
+    tok = Tokenizer(tok_path)
+    data = Path(args.data)
+    examples = T.load_examples(data / "train.jsonl", tok, cfg, cfg.max_samples, cfg.tag_drills)
+    rows = random.Random(0).sample(artifacts.read_jsonl(data / "test.jsonl"), args.rows)
+    prompts = [T.split_text(r["text"])[0] for r in rows]
+    model = T.add_adapter(model, cfg)
+    pad = tok.pad_id if tok.pad_id >= 0 else tok.eos_id
+    total = T.n_steps(len(examples), cfg)
+    started, curve = time.time(), []
+
+    def hook(step: int, log_row: dict) -> None:
+        if step % args.every and step != total:
+            return
+        train_s = round(time.time() - started)
+        model.eval()
+        texts = generate(model, tok, prompts, 32, 12)
+        codes = [parse_tag(t)[0] for t in texts]
+        s = metrics.warning_scores(codes, [r["warnings"] for r in rows], [r["lang"] for r in rows])
+        top = Counter(t.split("]")[0].strip() + "]" for t in texts).most_common(1)[0]
+        point = {"step": step, "train_s": train_s, "loss": log_row["loss"], "acc": s["accuracy"],
+                 "acc_ko": s["accuracy_ko"], "acc_en": s["accuracy_en"], "top_tag": top[0],
+                 "top_tag_share": round(top[1] / len(texts), 3)}
+        curve.append(point)
+        print(json.dumps(point, ensure_ascii=False), flush=True)
+
+    T.train_loop(model, examples, cfg, Path("/tmp") / f"tag_curve_{args.name}", None, False, pad, on_step=hook)
+    save(args.name, {"config": artifacts._jsonable(cfg), "samples": len(examples), "rows": args.rows,
+                     "model": args.model, "curve": curve})
+
+
+def save(name: str, run: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "tag_curve.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[name] = run
+    path.write_text(json.dumps(runs, indent=2, ensure_ascii=False))
+    lines = ["Tag-learning curves (benchmarks/tag_curve.py): exact-set accuracy of the model's own tag on a "
+             "fixed draw of test rows (torch, greedy), against training time on this machine's 2 cores.", ""]
+    for n, r in runs.items():
+        c = r["config"]
+        lines += [f"## {n}", "", f"{r['samples']} samples ({c['max_samples']} full + {c.get('tag_drills', 0)} tag "
+                  f"drills), lr {c['lr']}, tag weight {c['tag_weight']}, batch {c['batch_size']}x{c['grad_accum']}, "
+                  f"{r['rows']} test rows", "",
+                  "| step | train s | loss | acc | ko | en | commonest tag (share) |", "|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {p['step']} | {p['train_s']} | {p['loss']:.3f} | {p['acc']:.2f} | {p['acc_ko']:.2f} | "
+                  f"{p['acc_en']:.2f} | {p['top_tag']} ({p['top_tag_share']:.2f}) |" for p in r["curve"]]
+        lines.append("")
+    (RESULTS / "tag_curve.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
