@@ -108,8 +108,8 @@ def main() -> None:
                 "duration_s": round(time.time() - t_start)}
         (RESULTS / "quant_table.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, ensure_ascii=False))
         lines = [f"Default base (Gemma 3 270M), perplexity on {source} ({args.texts} per language), "
-                 f"imatrix from {len(calib)} calibration texts, {args.threads} threads; generation speed "
-                 "is a median of 2 short runs on a shared, loaded machine (noisy).", "",
+                 f"imatrix from {len(calib)} calibration texts, {args.threads} threads; speed: `farmslm bench`, "
+                 "median of 2 runs (64 prompt + 32 generated tokens) after a warm-up, all rows in one run.", "",
                  "| variant | size MB | ppl ko | ppl en | gen tok/s | prompt tok/s |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['size_mb']} | {r['ppl_ko']} | {r['ppl_en']} | {r['gen_tok_s']} | "
                   f"{r['prompt_tok_s']} |" for r in rows]

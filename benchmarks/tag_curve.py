@@ -2,8 +2,8 @@
 
 a build's pruned model dir + its data dir -> one LoRA run (the quick profile's settings unless
 overridden) that stops every K steps to write the tag of a fixed draw of test rows (torch, greedy,
-unguarded) and score it exact-set against the rule engine -> benchmarks/results/tag_curve.{json,md}
-(one section per run name; earlier runs are kept). The share of the commonest predicted tag is
+unguarded) and score it exact-set against the rule engine -> benchmarks/results/tag_curve_<name>.{json,md}
+(`tag_curve.md` summarises the runs measured so far). The share of the commonest predicted tag is
 reported too: a model that writes [NORMAL] everywhere scores the NORMAL share of the rows.
 Example: .venv/bin/python benchmarks/tag_curve.py --model runs/quick/prune --data runs/quick/data \
     --name drills --set '{"max_samples": 192, "tag_drills": 1344}' --every 24
@@ -77,23 +77,19 @@ def main() -> None:
 
 
 def save(name: str, run: dict) -> None:
+    """results/tag_curve_<name>.{json,md}; results/tag_curve.md summarises the runs measured so far."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "tag_curve.json"
-    runs = json.loads(path.read_text()) if path.exists() else {}
-    runs[name] = run
-    path.write_text(json.dumps(runs, indent=2, ensure_ascii=False))
-    lines = ["Tag-learning curves (benchmarks/tag_curve.py): exact-set accuracy of the model's own tag on a "
-             "fixed draw of test rows (torch, greedy), against training time on this machine's 2 cores.", ""]
-    for n, r in runs.items():
-        c = r["config"]
-        lines += [f"## {n}", "", f"{r['samples']} samples ({c['max_samples']} full + {c.get('tag_drills', 0)} tag "
-                  f"drills), lr {c['lr']}, tag weight {c['tag_weight']}, batch {c['batch_size']}x{c['grad_accum']}, "
-                  f"{r['rows']} test rows", "",
-                  "| step | train s | loss | acc | ko | en | commonest tag (share) |", "|---:|---:|---:|---:|---:|---:|---|"]
-        lines += [f"| {p['step']} | {p['train_s']} | {p['loss']:.3f} | {p['acc']:.2f} | {p['acc_ko']:.2f} | "
-                  f"{p['acc_en']:.2f} | {p['top_tag']} ({p['top_tag_share']:.2f}) |" for p in r["curve"]]
-        lines.append("")
-    (RESULTS / "tag_curve.md").write_text("\n".join(lines))
+    (RESULTS / f"tag_curve_{name}.json").write_text(json.dumps(run, indent=2, ensure_ascii=False))
+    c = run["config"]
+    lines = [f"Tag-learning curve `{name}` (benchmarks/tag_curve.py): exact-set accuracy of the model's own tag "
+             "on a fixed draw of test rows (torch, greedy), against training time on this machine.", "",
+             f"{run['samples']} samples ({c['max_samples']} full + {c.get('tag_drills', 0)} tag drills), lr {c['lr']}, "
+             f"tag weight {c['tag_weight']}, batch {c['batch_size']}x{c['grad_accum']}, {run['rows']} test rows, "
+             f"model {run['model']}", "",
+             "| step | train s | loss | acc | ko | en | commonest tag (share) |", "|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {p['step']} | {p['train_s']} | {p['loss']:.3f} | {p['acc']:.2f} | {p['acc_ko']:.2f} | "
+              f"{p['acc_en']:.2f} | {p['top_tag']} ({p['top_tag_share']:.2f}) |" for p in run["curve"]]
+    (RESULTS / f"tag_curve_{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
