@@ -17,7 +17,7 @@ import torch
 from farmslm import artifacts
 from farmslm.evaluate import gate
 from farmslm.model import prune as P
-from farmslm.model.load import load_any
+from farmslm.model.load import load_base
 from farmslm.model.tokenizer import Tokenizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    loaded = load_any("default")
+    loaded = load_base("default")
     base, tokenizer_gguf = loaded.model, loaded.tokenizer_gguf
     tok = Tokenizer(tokenizer_gguf)
     data = Path(args.data)

@@ -19,7 +19,7 @@ import torch
 from farmslm import artifacts
 from farmslm.evaluate.perplexity import encode_texts, perplexity_ids
 from farmslm.model import prune as P
-from farmslm.model.load import load_any
+from farmslm.model.load import load_base
 from farmslm.model.export import export_gguf
 from farmslm.model.io import load_model_dir, param_count
 from farmslm.model.quantize import quantize_gguf
@@ -44,7 +44,7 @@ def main() -> None:
     cfg = P.PruneConfig(data_dir=args.data, out_dir=str(work / "prune"), n_eval=args.n_texts)
     pruned_dir = P.run(cfg)
     pruned, meta = load_model_dir(pruned_dir)
-    loaded = load_any("default")
+    loaded = load_base("default")
     base, base_gguf, arch = loaded.model, loaded.tokenizer_gguf, loaded.arch
     tok = Tokenizer(pruned_dir / "tokenizer.gguf")
     val = [r["text"] for r in artifacts.read_jsonl(Path(args.data) / "val.jsonl")]

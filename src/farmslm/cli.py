@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from farmslm.runtime.engine import REPEAT_PENALTY
+
 app = typer.Typer(help="farmslm: build, evaluate and serve a sensor-aware tomato assistant.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and verify the tomato QA dataset.", no_args_is_help=True)
@@ -174,7 +176,7 @@ def ask(question: str = typer.Argument(..., help="The grower's question (Korean 
         no_guard: bool = typer.Option(False, "--no-guard", help="Let the model write the warning tag (evaluation only)."),
         max_tokens: int = typer.Option(128, help="Most tokens to generate."),
         temperature: float = typer.Option(0.0, help="0 = greedy."),
-        repeat_penalty: float = typer.Option(1.1, help="llama.cpp repetition penalty, 1..2 (1 = off)."),
+        repeat_penalty: float = typer.Option(REPEAT_PENALTY, help="llama.cpp repetition penalty, 1..2 (1 = off)."),
         threads: Optional[int] = typer.Option(None, help="llama.cpp threads (default: all cores)."),
         few_shot: bool = typer.Option(False, "--few-shot", help="Prefix two worked examples (for an untrained base model)."),
         lang: str = typer.Option("en", help="Language of the warning messages: en|ko.")) -> None:
@@ -213,7 +215,7 @@ def ask(question: str = typer.Argument(..., help="The grower's question (Korean 
 def chat(model: str = typer.Argument("default", help="GGUF path, or 'default' for the packaged stock model."),
          sensors: Optional[str] = typer.Option(None, help="Initial readings as JSON."),
          max_tokens: int = typer.Option(128, help="Most tokens per answer."),
-         repeat_penalty: float = typer.Option(1.1, help="llama.cpp repetition penalty, 1..2 (1 = off)."),
+         repeat_penalty: float = typer.Option(REPEAT_PENALTY, help="llama.cpp repetition penalty, 1..2 (1 = off)."),
          threads: Optional[int] = typer.Option(None, help="llama.cpp threads (default: all cores)."),
          few_shot: bool = typer.Option(False, "--few-shot", help="Prefix two worked examples (base model).")) -> None:
     """Interactive questions. /sensors JSON sets readings, /sensors clears them, /quit leaves."""

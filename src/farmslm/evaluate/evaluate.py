@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farmslm import artifacts
+from farmslm.runtime.engine import REPEAT_PENALTY
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class EvalConfig:
     ppl_ctx: int = 256  # tokens per perplexity text (longer ones are cut)
     n_ctx: int = 1024  # llama.cpp context for answering (few-shot prompts included)
     threads: int = 0  # llama.cpp threads; 0 = all cores
-    repeat_penalty: float = 1.1  # llama.cpp repetition penalty of the answers (runtime.engine.REPEAT_PENALTY)
+    repeat_penalty: float = REPEAT_PENALTY  # llama.cpp repetition penalty of the answers
     bench: bool = True  # measure prompt/generation tok/s and TTFT once with the bench
     bench_repeats: int = 3  # bench runs after its warm-up (medians reported)
     n_few_shot: int = 2  # examples (one per language) prefixed for untrained variants

@@ -427,8 +427,7 @@ def load_model(model_dir: str | Path, device: str, qlora: bool = False) -> tuple
         model, meta = _load_4bit(Path(model_dir))
         return model, Path(model_dir) / TOKENIZER, meta
     loaded = load_any(model_dir)
-    meta = artifacts.read_meta(Path(model_dir)) if (Path(model_dir) / artifacts.META).exists() else {"arch": loaded.arch}
-    return loaded.model.to(device), loaded.tokenizer_gguf, meta
+    return loaded.model.to(device), loaded.tokenizer_gguf, {"arch": loaded.arch}
 
 
 def _load_4bit(path: Path):

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from farmslm.config import ConfigError, make_config
+from farmslm.runtime.engine import REPEAT_PENALTY
 
 ZONE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -36,7 +37,7 @@ class ServeConfig:
     n_ctx: int = 1024  # context window in tokens
     few_shot: bool = False  # prefix two worked examples (makes an untrained base model usable)
     max_tokens: int = 128  # default answer length in tokens
-    repeat_penalty: float = 1.1  # llama.cpp repetition penalty of answers, 1..2 (1 = off)
+    repeat_penalty: float = REPEAT_PENALTY  # llama.cpp repetition penalty of answers, 1..2 (1 = off)
     max_tokens_limit: int = 512  # most tokens a request may ask for
     max_question_chars: int = 500
     max_body_bytes: int = 16_384  # larger request bodies get 413
