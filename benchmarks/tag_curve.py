@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--set", default="{}", help="JSON overrides of the quick profile's train config")
     ap.add_argument("--every", type=int, default=20, help="score the tag every N optimizer steps")
     ap.add_argument("--rows", type=int, default=60, help="test rows scored (seeded draw)")
+    ap.add_argument("--synthetic-drills", type=int, default=0,
+                    help="add N tag drills from freshly synthesized rows (dataset.synth, another seed: new readings)")
+    ap.add_argument("--save", help="also write the final adapter + train log here (a train dir for `farmslm merge`)")
     args = ap.parse_args()
 
     over = {**load_profile("quick").get("train", {}), "save_steps": 10 ** 6, **json.loads(args.set)}
@@ -49,9 +52,16 @@ def main() -> None:
     tok = Tokenizer(tok_path)
     data = Path(args.data)
     examples = T.load_examples(data / "train.jsonl", tok, cfg, cfg.max_samples, cfg.tag_drills)
+    if args.synthetic_drills:
+        from farmslm.dataset import synth
+
+        fresh = synth.synthesize(args.synthetic_drills, seed=1000 + cfg.seed)
+        examples += [T.encode_example(tok, r["text"], cfg.max_seq_len, tag_only=True) for r in fresh]
     rows = random.Random(0).sample(artifacts.read_jsonl(data / "test.jsonl"), args.rows)
     prompts = [T.split_text(r["text"])[0] for r in rows]
+    T.use_cpu_bf16(model, cfg)
     model = T.add_adapter(model, cfg)
+    T.adapter_to_fp32(model)
     pad = tok.pad_id if tok.pad_id >= 0 else tok.eos_id
     total = T.n_steps(len(examples), cfg)
     started, curve = time.time(), []
@@ -71,8 +81,13 @@ def main() -> None:
         curve.append(point)
         print(json.dumps(point, ensure_ascii=False), flush=True)
 
-    T.train_loop(model, examples, cfg, Path("/tmp") / f"tag_curve_{args.name}", None, False, pad, on_step=hook)
+    rows_log = T.train_loop(model, examples, cfg, Path("/tmp") / f"tag_curve_{args.name}", None, False, pad,
+                            on_step=hook)
+    if args.save:
+        model.save_pretrained(Path(args.save) / "adapter")
+        artifacts.write_jsonl(Path(args.save) / "train_log.jsonl", rows_log)
     save(args.name, {"config": artifacts._jsonable(cfg), "samples": len(examples), "rows": args.rows,
+                     "synthetic_drills": args.synthetic_drills,
                      "model": args.model, "curve": curve})
 
 
@@ -83,7 +98,9 @@ def save(name: str, run: dict) -> None:
     c = run["config"]
     lines = [f"Tag-learning curve `{name}` (benchmarks/tag_curve.py): exact-set accuracy of the model's own tag "
              "on a fixed draw of test rows (torch, greedy), against training time on this machine.", "",
-             f"{run['samples']} samples ({c['max_samples']} full + {c.get('tag_drills', 0)} tag drills), lr {c['lr']}, "
+             f"{run['samples']} samples ({run['samples'] - c.get('tag_drills', 0) - run.get('synthetic_drills', 0)} full + "
+             f"{c.get('tag_drills', 0)} tag drills + {run.get('synthetic_drills', 0)} synthetic drills), "
+             f"{c['epochs']} epochs, lr {c['lr']}, cpu_bf16 {c.get('cpu_bf16', False)}, "
              f"tag weight {c['tag_weight']}, batch {c['batch_size']}x{c['grad_accum']}, {run['rows']} test rows, "
              f"model {run['model']}", "",
              "| step | train s | loss | acc | ko | en | commonest tag (share) |", "|---:|---:|---:|---:|---:|---:|---|"]

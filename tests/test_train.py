@@ -293,3 +293,26 @@ def test_experiment_peft_compare_on_tiny_model(tmp_path):
     assert "| ln_tuning |" in (out / "results.md").read_text() and (out / "results.png").exists()
     with pytest.raises(ConfigError, match="--teacher"):
         experiments.run("kd", cfg, tcfg, model_dir, data, tmp_path / "kd")
+
+
+def test_cpu_bf16_only_where_asked_and_native(monkeypatch):
+    model = make_tiny_model("gemma3", seed=0)
+    assert not train.use_cpu_bf16(model, tiny_cfg())  # cpu_bf16 off: fp32
+    monkeypatch.setattr(train, "native_cpu_bf16", lambda: False)
+    assert not train.use_cpu_bf16(model, tiny_cfg(cpu_bf16=True))  # emulated bf16 would be slower: fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.skipif(not train.native_cpu_bf16(), reason="needs a CPU with native bf16 (AMX / AVX512-BF16)")
+def test_cpu_bf16_trains_an_fp32_adapter_like_fp32(tmp_path):
+    _, ref = _train(tmp_path / "fp32", tiny_cfg())
+    cfg = tiny_cfg(cpu_bf16=True)
+    model = make_tiny_model("gemma3", seed=0)
+    assert train.use_cpu_bf16(model, cfg)
+    model = train.add_adapter(model, cfg)
+    train.adapter_to_fp32(model)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    rows = train.train_loop(model, examples(), cfg, tmp_path / "bf16")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref], abs=0.15)

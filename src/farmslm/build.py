@@ -209,8 +209,9 @@ class Build:
                                    profile=self.profile, dataset_hash=self.dataset_hash(data_dir),
                                    extra={"variant": variant})
         export.run(ecfg)
+        imx = quantize.build_imatrix(next(iter(qcfgs.values()))) if qcfgs else None  # one per variant
         for qcfg in qcfgs.values():
-            quantize.run(qcfg)
+            quantize.run(qcfg, imx)
         metrics = {k: round(p.stat().st_size / 1e6, 1) for k, p in files.items()}
         artifacts.write_meta(out, "export", config, inputs, {"size_mb": metrics}, started)
         return files

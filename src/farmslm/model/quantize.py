@@ -192,22 +192,31 @@ def calibration_texts(data_dir: str | Path | None, max_texts: int) -> list[str]:
     return texts[::step][:max_texts]
 
 
-def run(cfg: QuantizeConfig) -> Path:
-    """Quantize cfg.in_gguf to cfg.out; with an imatrix unless cfg.imatrix is False."""
+def build_imatrix(cfg: QuantizeConfig) -> Imatrix | None:
+    """The importance matrix of cfg's model on its calibration texts; None when cfg.imatrix is False."""
+    if not cfg.imatrix:
+        return None
+    from farmslm.model.load import load_any
     from farmslm.model.tokenizer import get_tokenizer
 
+    loaded = load_any(cfg.model_dir or cfg.in_gguf)
+    tok = get_tokenizer(cfg.in_gguf)
+    texts = calibration_texts(cfg.imatrix_data, cfg.max_texts)
+    return compute_imatrix(loaded.model, loaded.arch, [tok.encode(t)[: cfg.max_tokens] for t in texts],
+                           dataset=str(cfg.imatrix_data or "builtin"))
+
+
+def run(cfg: QuantizeConfig, imx: Imatrix | None = None) -> Path:
+    """Quantize cfg.in_gguf to cfg.out; with an imatrix (imx, else computed) unless cfg.imatrix is False.
+
+    Pass imx to quantize one model to several types with one imatrix computation.
+    """
     if not cfg.out:
         raise ValueError("--out: give the output .gguf path")
-    imx = None
-    if cfg.imatrix:
-        from farmslm.model.load import load_any
-
-        loaded = load_any(cfg.model_dir or cfg.in_gguf)
-        model, arch = loaded.model, loaded.arch
-        tok = get_tokenizer(cfg.in_gguf)
-        texts = calibration_texts(cfg.imatrix_data, cfg.max_texts)
-        imx = compute_imatrix(model, arch, [tok.encode(t)[: cfg.max_tokens] for t in texts],
-                              dataset=str(cfg.imatrix_data or "builtin"))
-        del model
+    if cfg.imatrix and imx is None:
+        imx = build_imatrix(cfg)
+    if not cfg.imatrix:
+        imx = None
+    if imx is not None:
         write_imatrix(imx, Path(cfg.out).with_suffix(".imatrix.gguf"))
     return quantize_gguf(cfg.in_gguf, cfg.out, cfg.qtype, imx, cfg.n_threads)

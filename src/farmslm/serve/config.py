@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from farmslm.config import ConfigError, make_config
-from farmslm.runtime.engine import REPEAT_PENALTY
+from farmslm.runtime.engine import REPEAT_PENALTY, InputError, check_repeat_penalty
 
 ZONE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -84,8 +84,10 @@ def check(cfg: ServeConfig) -> ServeConfig:
     for name in ("max_tokens", "max_tokens_limit", "max_question_chars", "max_body_bytes", "n_ctx"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
-    if not 1.0 <= cfg.repeat_penalty <= 2.0:
-        raise ConfigError(f"repeat_penalty: got {cfg.repeat_penalty}; expected 1..2 (1 = off)")
+    try:
+        check_repeat_penalty(cfg.repeat_penalty)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     if cfg.max_tokens > cfg.max_tokens_limit:
         raise ConfigError(f"max_tokens: {cfg.max_tokens} exceeds max_tokens_limit {cfg.max_tokens_limit}")
     if cfg.queue_size < 0 or cfg.request_timeout_s <= 0 or cfg.stale_after_s <= 0 or cfg.idle_unload_s < 0:
