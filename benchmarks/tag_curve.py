@@ -59,9 +59,7 @@ def main() -> None:
         examples += [T.encode_example(tok, r["text"], cfg.max_seq_len, tag_only=True) for r in fresh]
     rows = random.Random(0).sample(artifacts.read_jsonl(data / "test.jsonl"), args.rows)
     prompts = [T.split_text(r["text"])[0] for r in rows]
-    T.use_cpu_bf16(model, cfg)
     model = T.add_adapter(model, cfg)
-    T.adapter_to_fp32(model)
     pad = tok.pad_id if tok.pad_id >= 0 else tok.eos_id
     total = T.n_steps(len(examples), cfg)
     started, curve = time.time(), []
@@ -96,10 +94,11 @@ def save(name: str, run: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"tag_curve_{name}.json").write_text(json.dumps(run, indent=2, ensure_ascii=False))
     c = run["config"]
+    drills, synthetic = c.get("tag_drills", 0), run.get("synthetic_drills", 0)
     lines = [f"Tag-learning curve `{name}` (benchmarks/tag_curve.py): exact-set accuracy of the model's own tag "
              "on a fixed draw of test rows (torch, greedy), against training time on this machine.", "",
-             f"{run['samples']} samples ({run['samples'] - c.get('tag_drills', 0) - run.get('synthetic_drills', 0)} full + "
-             f"{c.get('tag_drills', 0)} tag drills + {run.get('synthetic_drills', 0)} synthetic drills), "
+             f"{run['samples']} samples ({run['samples'] - drills - synthetic} full + {drills} tag drills + "
+             f"{synthetic} synthetic drills), "
              f"{c['epochs']} epochs, lr {c['lr']}, cpu_bf16 {c.get('cpu_bf16', False)}, "
              f"tag weight {c['tag_weight']}, batch {c['batch_size']}x{c['grad_accum']}, {run['rows']} test rows, "
              f"model {run['model']}", "",

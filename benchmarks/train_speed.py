@@ -43,16 +43,16 @@ def main() -> None:
     if not T.native_cpu_bf16():
         raise SystemExit("this CPU has no native bf16 (AMX / AVX512-BF16): nothing to compare")
     out = {"steps": args.steps, "model": args.model, "threads": torch.get_num_threads(), "settings": {}}
+    examples = val = pad = None  # the settings change neither samples nor tokenizer: encode once
     for name, over in SETTINGS.items():
         cfg = replace(base, **over)
-        model, tok_path, _ = T.load_model(args.model, "cpu")
-        tok = Tokenizer(tok_path)
-        pad = tok.pad_id if tok.pad_id >= 0 else tok.eos_id
-        examples = T.load_examples(Path(args.data) / "train.jsonl", tok, cfg, cfg.max_samples)
-        val = T.load_examples(Path(args.data) / "val.jsonl", tok, cfg, cfg.val_samples)
-        T.use_cpu_bf16(model, cfg)
+        model, tok_path, _ = T.load_model(args.model, "cpu")  # fresh weights per setting (bf16 casts in place)
+        if examples is None:
+            tok = Tokenizer(tok_path)
+            pad = tok.pad_id if tok.pad_id >= 0 else tok.eos_id
+            examples = T.load_examples(Path(args.data) / "train.jsonl", tok, cfg, cfg.max_samples)
+            val = T.load_examples(Path(args.data) / "val.jsonl", tok, cfg, cfg.val_samples)
         model = T.add_adapter(model, cfg)
-        T.adapter_to_fp32(model)
         started = time.time()
         rows = T.train_loop(model, examples, cfg, Path("/tmp") / "train_speed", pad_id=pad)
         wall = time.time() - started

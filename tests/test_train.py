@@ -307,10 +307,7 @@ def test_cpu_bf16_only_where_asked_and_native(monkeypatch):
 def test_cpu_bf16_trains_an_fp32_adapter_like_fp32(tmp_path):
     _, ref = _train(tmp_path / "fp32", tiny_cfg())
     cfg = tiny_cfg(cpu_bf16=True)
-    model = make_tiny_model("gemma3", seed=0)
-    assert train.use_cpu_bf16(model, cfg)
-    model = train.add_adapter(model, cfg)
-    train.adapter_to_fp32(model)
+    model = train.add_adapter(make_tiny_model("gemma3", seed=0), cfg)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
     rows = train.train_loop(model, examples(), cfg, tmp_path / "bf16")

@@ -213,10 +213,10 @@ def run(cfg: QuantizeConfig, imx: Imatrix | None = None) -> Path:
     """
     if not cfg.out:
         raise ValueError("--out: give the output .gguf path")
-    if cfg.imatrix and imx is None:
-        imx = build_imatrix(cfg)
     if not cfg.imatrix:
         imx = None
+    elif imx is None:
+        imx = build_imatrix(cfg)
     if imx is not None:
         write_imatrix(imx, Path(cfg.out).with_suffix(".imatrix.gguf"))
     return quantize_gguf(cfg.in_gguf, cfg.out, cfg.qtype, imx, cfg.n_threads)
