@@ -15,7 +15,7 @@ def tiny_config(arch: str = "gemma3", vocab_size: int = 512, n_layers: int = 2, 
     """A small HF config of the given GGUF architecture (gemma3 | llama | qwen2 | qwen3)."""
     common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=n_layers,
                   num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=head_dim,
-                  max_position_embeddings=512, rms_norm_eps=1e-6)
+                  max_position_embeddings=2048, rms_norm_eps=1e-6)
     if arch == "gemma3":
         from transformers import Gemma3TextConfig
 

@@ -29,13 +29,14 @@ def smoke_overrides(variants: list[str]) -> dict[str, dict]:
     return {
         "build": {"variants": variants, "stock": False, "threads": 2},
         "data": {"size": 160, "seed": 0},
+        "index": {"n_fit": 60},
         "vocab": {"keep_general": 200, "verify": True},
         "prune": {"ratio": 0.25, "keep_multiple": 128, "n_calib": 8, "calib_seq_len": 64, "n_eval": 4},
         "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_samples": 16, "val_samples": 4,
-                  "max_seq_len": 128, "save_steps": 1},
+                  "max_seq_len": 1024, "save_steps": 1},
         "quantize": {"max_texts": 8, "max_tokens": 64},
-        "eval": {"n_test": 8, "n_text": 4, "max_tokens": 12, "tag_tokens": 12, "n_ppl": 4, "ppl_ctx": 64,
-                 "n_ctx": 1024, "bench_repeats": 1, "threads": 1},
+        "eval": {"n_answer": 4, "n_heldout": 2, "n_tag": 4, "max_tokens": 12, "tag_tokens": 12, "n_ppl": 4,
+                 "ppl_ctx": 64, "n_ctx": 2048, "bench_repeats": 1, "threads": 1, "validation": True},
     }
 
 
@@ -53,9 +54,7 @@ def tiny_base(tmp_path: Path) -> Path:
     return save_model_dir(model, tmp_path / "tiny_base", tok_path, "gemma3", "tiny")
 
 
-SCHEMA = {"bleu", "rouge_l", "chrf", "warning_accuracy", "warning_accuracy_ko", "warning_accuracy_en", "term_match",
-          "perplexity", "degenerate_rate", "size_mb", "params_m", "gen_tok_s", "prompt_tok_s", "ttft_ms",
-          "latency_s_avg", "latency_s_max", "rss_mb_avg", "rss_mb_max"}
+from farmslm.evaluate.report import SUMMARY_FIELDS as SCHEMA
 
 
 def test_smoke_build_end_to_end_and_resume(tmp_path):
@@ -73,13 +72,17 @@ def test_smoke_build_end_to_end_and_resume(tmp_path):
 
     assert model == out / "model.gguf" and model.stat().st_size > 0
     report = artifacts.read_json(out / "report.json")
-    assert set(report) == {"profile", "final", "durations_s", "variants"}
+    assert set(report) == {"schema_version", "profile", "final", "durations_s", "variants", "selection", "index"}
     assert set(report["variants"]) == set(variants)
     for name, v in report["variants"].items():
-        assert set(v) == SCHEMA, name
+        assert set(v) == set(SCHEMA), name
         assert v["size_mb"] > 0 and v["params_m"] > 0 and v["gen_tok_s"] > 0 and v["rss_mb_max"] > 0
         assert 0 <= v["warning_accuracy"] <= 1 and v["perplexity"] > 1
-    assert report["final"] in variants
+        assert 0 <= v["faithful_rate"] <= 1 and 0 <= v["abstention_oos"] <= 1 and 0 <= v["recall_at_2"] <= 1
+    # the final model is chosen on the validation split, among trained and quantized files only
+    assert set(report["selection"]) == {"pruned_lora_q4_k_m", "pruned_lora_kd_q4_k_m"}
+    assert report["final"] in report["selection"]
+    assert (out / "model.knowledge.json").exists() and (out / "select" / "pruned_lora_kd_q4_k_m" / "result.json").exists()
     sizes = report["variants"]
     assert sizes["pruned_lora_kd_q4_k_m"]["size_mb"] < sizes["pruned_lora_kd_f16"]["size_mb"]
     assert sizes["pruned_lora_kd_f16"]["params_m"] < sizes["finetuned_f16"]["params_m"]  # pruning removed FFN rows
@@ -88,17 +91,22 @@ def test_smoke_build_end_to_end_and_resume(tmp_path):
     md = (out / "report.md").read_text()
     assert "| pruned_lora_kd_q4_k_m |" in md and "0.1343" in md and "3,405 MB" in md
     assert md.count("*pruned_lora_kd_q4_k_m* [") == 30  # its answers to the 15 x 2 validation questions
-    for stage in ("data", "base", "vocab", "prune", "train/finetuned", "merged/pruned_lora_kd",
-                  "export/pruned_lora_kd", "eval/pruned_lora_kd_q4_k_m"):
+    for stage in ("data", "index", "base", "vocab", "prune", "train/finetuned", "merged/pruned_lora_kd",
+                  "export/pruned_lora_kd", "eval/pruned_lora_kd_q4_k_m", "select/pruned_lora_kd_q4_k_m"):
         assert artifacts.read_meta(out / stage)["status"] == "done", stage
-    assert {"data", "base", "vocab", "prune", "train_pruned_lora_kd", "eval_base_q4_k_m"} <= set(report["durations_s"])
+    assert {"data", "index", "base", "vocab", "prune", "train_pruned_lora_kd", "eval_base_q4_k_m"} <= \
+        set(report["durations_s"])
+    result = artifacts.read_json(out / "eval" / "pruned_lora_kd_q4_k_m" / "result.json")
+    assert result["split"] == "test" and result["prompt_format"] == 2
+    assert artifacts.read_json(out / "select" / "pruned_lora_kd_q4_k_m" / "result.json")["split"] == "val"
 
-    engine = Engine(model, n_threads=2, n_ctx=256)
+    engine = Engine(model, n_threads=2, n_ctx=1024)  # finds model.knowledge.json beside it
     try:
-        answer = engine.ask("Is it too hot?", {"temp_c": 36.0, "period": "day"}, max_tokens=8)
+        answer = engine.ask("Is it too hot for tomato fruit set?", {"temp_c": 36.0, "period": "day"}, max_tokens=8)
     finally:
         engine.close()
-    assert answer.tag_source == "rules" and "HIGH_TEMP" in answer.warnings
+    assert answer.tag_source == "rules" and "HIGH_TEMP" in answer.warnings and engine.prompt_format == 2
+    assert answer.answer.startswith("Air temperature too high by day (36 °C > 30 °C)")
 
     # a finished build re-runs as a no-op; a build killed before its last stages resumes there
     stamps = {p: artifacts.read_meta(p)["finished_at"] for p in out.glob("*/**/") if (p / "meta.json").exists()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 
 import pytest
@@ -86,39 +88,53 @@ def _variant(**kw):
 
 
 def _good(**kw):
-    base = dict(warning_accuracy_ko=0.95, warning_accuracy_en=0.93, rouge_l=0.5, degenerate_rate=0.0,
-                gen_tok_s=150.0, size_mb=90.0)
+    base = dict(faithful_rate=0.97, faithful_rate_validation=0.97, false_abstention=0.02, abstention_oos=0.93,
+                recall_at_2=0.97, recall_at_2_paraphrase=0.9, rouge_l=0.5, degenerate_rate=0.0, gen_tok_s=150.0,
+                size_mb=90.0)
     return _variant(**{**base, **kw})
 
 
-def test_final_defaults_to_pruned_lora_kd_and_switches_only_with_reason():
+def test_final_is_chosen_on_validation_among_trained_quantized_candidates():
     from farmslm.evaluate.report import choose_final
 
-    variants = {"stock": _variant(gen_tok_s=70.0, size_mb=253.0), "finetuned_f16": _good(rouge_l=0.5, size_mb=400),
-                "pruned_lora_q4_k_m": _good(rouge_l=0.55), "pruned_lora_kd_q4_k_m": _good(rouge_l=0.5)}
-    assert choose_final(variants)[0] == "pruned_lora_kd_q4_k_m"  # both meet all targets: the default stays
-    variants["pruned_lora_kd_q4_k_m"] = _good(warning_accuracy_ko=0.7)
-    name, why = choose_final(variants)
-    assert name == "pruned_lora_q4_k_m" and "warning_accuracy_ko" in why
+    selection = {"pruned_lora_q4_k_m": _good(rouge_l=0.55), "pruned_lora_kd_q4_k_m": _good(rouge_l=0.5)}
+    assert choose_final(selection)[0] == "pruned_lora_kd_q4_k_m"  # both meet the targets: the default stays
+    selection["pruned_lora_kd_q4_k_m"] = _good(faithful_rate=0.80)
+    name, why = choose_final(selection)
+    assert name == "pruned_lora_q4_k_m" and "validation split" in why
+    assert choose_final({})[0] == "pruned_lora_kd_q4_k_m"
+
+
+def test_build_offers_only_trained_quantized_candidates():
+    from farmslm import build
+
+    cfgs = build.stage_configs("standard")
+    b = build.Build(Path("/nonexistent"), "standard", cfgs)
+    assert b.candidates() == ["finetuned_q4_k_m", "pruned_lora_q4_k_m", "pruned_lora_kd_q4_k_m"]
+    assert not [c for c in b.candidates() if c.startswith(("base", "pruned_q")) or c.endswith("_f16")]
 
 
 def test_report_files_and_schema(tmp_path):
     from farmslm import artifacts
-    from farmslm.evaluate.report import SUMMARY_FIELDS, write_report
+    from farmslm.evaluate.report import SCHEMA_VERSION, SUMMARY_FIELDS, write_report
 
+    row = {"id": "q1-ko", "lang": "ko", "question": "덥나요?", "gold": ["HIGH_TEMP"], "answer": "기온이 높습니다.",
+           "flags": {"unsupported_number": False, "contradiction": True, "invented_reading": False},
+           "reasons": ["'난방' goes against HIGH_TEMP"]}
     evals = {"stock": {"summary": _variant(gen_tok_s=70.0, size_mb=253.0)},
              "finetuned_f16": {"summary": _good(size_mb=400.0)},
-             "pruned_lora_kd_q4_k_m": {"summary": _good(), "answers": {"validation": [
-                 {"id": "q1-ko", "lang": "ko", "question": "덥나요?", "gold": ["HIGH_TEMP"], "pred": ["HIGH_TEMP"],
-                  "answer": "기온이 높습니다."}]}}}
+             "pruned_lora_kd_q4_k_m": {"summary": _good(), "rows": {"validation": [row], "answers": [row]}}}
     logs = {"pruned_lora_kd": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}
-    report = write_report(tmp_path, "quick", evals, {"data": 10.0, "train": 100.0}, logs)
+    report = write_report(tmp_path, "quick", evals, {"data": 10.0, "train": 100.0}, logs,
+                          selection={"pruned_lora_kd_q4_k_m": {"summary": _good()}})
     assert report == artifacts.read_json(tmp_path / "report.json")
-    assert set(report) == {"profile", "final", "durations_s", "variants"}
+    assert set(report) == {"schema_version", "profile", "final", "durations_s", "variants", "selection", "index"}
+    assert report["schema_version"] == SCHEMA_VERSION
     assert all(set(v) == set(SUMMARY_FIELDS) for v in report["variants"].values())
     assert report["final"] == "pruned_lora_kd_q4_k_m" and report["variants"]["stock"]["bleu"] is None
     md = (tmp_path / "report.md").read_text()
-    assert "PASS: size_mb < stock" in md and "Measured elsewhere" in md and "0.2384" in md
-    assert "기온이 높습니다." in md and "| total | 110.0 |" in md
+    assert "PASS: size_mb < stock" in md and "PASS: faithful_rate >= 0.95 (test answers)" in md
+    assert "Measured elsewhere" in md and "0.2384" in md
+    assert "기온이 높습니다." in md and "| total | 110.0 |" in md and "goes against HIGH_TEMP" in md
     for png in ("loss.png", "quality_vs_size.png", "speed.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

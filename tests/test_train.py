@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from farmslm.config import ConfigError
-from farmslm.model import merge, train
+from farmslm.model import merge, samples, train
 from conftest import make_tiny_model
 
 SAMPLES = [
@@ -38,28 +38,28 @@ def tiny_cfg(**kw) -> train.TrainConfig:
     return train.TrainConfig(**base)
 
 
-def examples(n_copies: int = 2) -> list[train.Example]:
+def examples(n_copies: int = 2) -> list[samples.Example]:
     tok = ByteTokenizer()
-    return [train.encode_example(tok, s, 160) for s in SAMPLES * n_copies]
+    return [samples.encode_example(tok, s, 160) for s in SAMPLES * n_copies]
 
 
 def test_answer_masking_is_exact():
     tok = ByteTokenizer()
     for text in SAMPLES:
-        ex = train.encode_example(tok, text, 512)
+        ex = samples.encode_example(tok, text, 512)
         prompt, answer = text.split("\nA:", 1)
-        labels, weights = train.labels_and_weights(ex, tag_weight=3.0)
+        labels, weights = samples.labels_and_weights(ex, tag_weight=3.0)
         n_prompt = 1 + len((prompt + "\nA:").encode())  # BOS + prompt bytes
-        assert labels[:n_prompt] == [train.IGNORE] * n_prompt
+        assert labels[:n_prompt] == [samples.IGNORE] * n_prompt
         assert labels[n_prompt:] == tok.encode(answer, add_bos=False) + [tok.eos_id]
         assert tok.decode(ex.ids[:ex.n_prompt]).endswith("\nA:")
         tag = answer[:answer.index("]") + 1]
         assert tok.decode(ex.ids[ex.n_prompt:ex.n_prompt + ex.n_tag]) == tag
         assert weights[n_prompt:n_prompt + ex.n_tag] == [3.0] * ex.n_tag
         assert set(weights[n_prompt + ex.n_tag:]) == {1.0} and set(weights[:n_prompt]) == {0.0}
-    batch = train.collate([train.encode_example(tok, t, 512) for t in SAMPLES[:2]], 1.0, 0)
+    batch = samples.collate([samples.encode_example(tok, t, 512) for t in SAMPLES[:2]], 1.0, 0)
     pad = batch["attention_mask"] == 0
-    assert (batch["labels"][pad] == train.IGNORE).all() and pad.any()
+    assert (batch["labels"][pad] == samples.IGNORE).all() and pad.any()
 
 
 def test_tag_drill_is_prompt_and_tag_only(tmp_path):
@@ -67,25 +67,54 @@ def test_tag_drill_is_prompt_and_tag_only(tmp_path):
 
     tok = ByteTokenizer()
     for text in SAMPLES:
-        full, drill = train.encode_example(tok, text, 512), train.encode_example(tok, text, 512, tag_only=True)
+        full, drill = samples.encode_example(tok, text, 512), samples.encode_example(tok, text, 512, tag_only=True)
         assert drill.ids == full.ids[:full.n_prompt + full.n_tag] and drill.n_tag == full.n_tag
-        labels, weights = train.labels_and_weights(drill, tag_weight=2.0)
+        labels, weights = samples.labels_and_weights(drill, tag_weight=2.0)
         answer = text.split("\nA:", 1)[1]
-        assert tok.decode([t for t in labels if t != train.IGNORE]) == answer[:answer.index("]") + 1]
+        assert tok.decode([t for t in labels if t != samples.IGNORE]) == answer[:answer.index("]") + 1]
         assert tok.eos_id not in drill.ids and set(weights[drill.n_prompt:]) == {2.0}
     rows = [{"text": SAMPLES[i % 4].replace("?", f"? #{i}")} for i in range(20)]
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    exs = train.load_examples(path, tok, tiny_cfg(), limit=5, drills=8)
+    exs = samples.load_examples(path, tok, 160, limit=5, seed=0, drills=8).examples
     full, drills = exs[:5], exs[5:]
     assert len(drills) == 8 and all(tok.eos_id in e.ids for e in full) and not any(tok.eos_id in e.ids for e in drills)
     prompts = [tok.decode(e.ids[:e.n_prompt]) for e in exs]
     assert len(set(prompts)) == 13  # drills come from rows the full samples did not use
-    assert full == train.load_examples(path, tok, tiny_cfg(), limit=5)  # drills do not change the full draw
+    assert full == samples.load_examples(path, tok, 160, limit=5, seed=0).examples  # drills do not change the draw
     # a batch of drills alone: no KD term (nothing outside the tag), the loss stays finite
     model, teacher = make_tiny_model("gemma3", seed=1), make_tiny_model("gemma3", seed=2)
-    loss, parts = train.batch_loss(model, train.collate(drills[:2], 1.0, 0), tiny_cfg(kd_alpha=0.5), teacher)
+    loss, parts = train.batch_loss(model, samples.collate(drills[:2], 1.0, 0), tiny_cfg(kd_alpha=0.5), teacher)
     assert parts["kd"] == 0.0 and loss.item() == pytest.approx(0.5 * parts["ce"], rel=1e-6)
+
+
+def test_grounded_rows_mask_the_prefilled_rule_sentences():
+    """Format 2: the tag carries loss (the research figure), the rule sentences do not, the model part does."""
+    tok = ByteTokenizer()
+    prefill = "Q: [STATUS: temp_c=36, period=day] [FACTS: (1) Shade above 30 °C.] Hot?\nA: [WARNING: HIGH_TEMP] Too hot."
+    row = {"text": prefill + " Shade the house.", "prefill": prefill}
+    ex, note = samples.encode_row(tok, row, 512)
+    labels, weights = samples.labels_and_weights(ex, tag_weight=2.0)
+    learnt = tok.decode([t for t in labels if t != samples.IGNORE])
+    assert learnt == " [WARNING: HIGH_TEMP] Shade the house." and note == ""
+    assert tok.decode(ex.ids[:ex.n_prompt]).endswith("\nA:") and ex.n_prefill == len(" Too hot.".encode())
+    assert ex.ids[:len(tok.encode(prefill))] == tok.encode(prefill)  # the prefill is one string, as in the engine
+
+
+def test_truncation_is_counted_and_a_cut_tag_is_dropped_with_its_reason(tmp_path):
+    import json
+
+    tok = ByteTokenizer()
+    prefill = "Q: [STATUS: temp_c=36, period=day] Hot?\nA: [WARNING: HIGH_TEMP] Too hot."
+    rows = [{"id": "ok", "text": prefill + " Shade.", "prefill": prefill},
+            {"id": "long", "text": prefill + " Shade the house at noon and run the fog.", "prefill": prefill},
+            {"id": "cut-tag", "text": "Q: " + "x" * 80 + "\nA: [NORMAL] fine"}]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    enc = samples.load_examples(path, tok, max_seq_len=len(tok.encode(prefill)) + 10, limit=0, seed=0)
+    assert len(enc.examples) == 2 and enc.truncated == 1
+    assert enc.dropped == [{"id": "cut-tag", "reason": enc.dropped[0]["reason"]}]
+    assert "tag would be cut" in enc.dropped[0]["reason"]
 
 
 def test_kd_loss_matches_hand_computation():
@@ -107,7 +136,7 @@ def test_kd_loss_matches_hand_computation():
 def test_batch_loss_mixes_ce_and_kd():
     model = make_tiny_model("gemma3", seed=1)
     teacher = make_tiny_model("gemma3", seed=2)
-    batch = train.collate(examples(1)[:2], 1.0, 0)
+    batch = samples.collate(examples(1)[:2], 1.0, 0)
     cfg = tiny_cfg(kd_alpha=0.3, kd_temperature=2.0)
     loss, parts = train.batch_loss(model, batch, cfg, teacher)
     assert loss.item() == pytest.approx(0.7 * parts["ce"] + 0.3 * parts["kd"], rel=1e-5)
@@ -122,18 +151,18 @@ def test_batch_loss_mixes_ce_and_kd():
 def test_tag_weight_reweights_ce():
     model = make_tiny_model("gemma3", seed=1)
     exs = examples(1)[:2]
-    _, plain = train.batch_loss(model, train.collate(exs, 1.0, 0), tiny_cfg())
-    _, heavy = train.batch_loss(model, train.collate(exs, 5.0, 0), tiny_cfg(tag_weight=5.0))
+    _, plain = train.batch_loss(model, samples.collate(exs, 1.0, 0), tiny_cfg())
+    _, heavy = train.batch_loss(model, samples.collate(exs, 5.0, 0), tiny_cfg(tag_weight=5.0))
     assert heavy["ce_plain"] == pytest.approx(plain["ce"], rel=1e-6)
     assert heavy["ce"] != pytest.approx(plain["ce"], rel=1e-3)
 
 
 def test_buckets_cover_every_example_once():
     exs = examples(10)
-    batches = train.epoch_batches(exs, 3, seed=0, epoch=0)
+    batches = samples.epoch_batches(exs, 3, seed=0, epoch=0)
     flat = sorted(i for b in batches for i in b)
     assert flat == list(range(len(exs)))
-    assert train.epoch_batches(exs, 3, 0, 0) == batches != train.epoch_batches(exs, 3, 0, 1)
+    assert samples.epoch_batches(exs, 3, 0, 0) == batches != samples.epoch_batches(exs, 3, 0, 1)
 
 
 def _train(tmp_path, cfg, resume=False, on_step=None):
@@ -211,7 +240,7 @@ def test_teacher_with_other_vocabulary_is_refused(tmp_path):
 
 def test_answer_logits_equal_full_forward():
     model = make_tiny_model("gemma3", seed=3)
-    batch = train.collate(examples(1), 1.0, 0)
+    batch = samples.collate(examples(1), 1.0, 0)
     logits, sel = train.answer_logits(model, batch)
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][sel]
@@ -276,12 +305,38 @@ def test_run_cli_merge_end_to_end(tmp_path):
     assert res.exit_code != 0 and "qlora" in res.output
 
 
+def test_resume_refuses_a_checkpoint_from_other_data(tmp_path, monkeypatch):
+    """A checkpoint written on other data (or another base, teacher, config, code) is refused, naming what
+    differs; the same run resumes."""
+    model_dir, data = _tiny_dirs(tmp_path)
+    cfg = train.TrainConfig(max_steps=4, batch_size=2, grad_accum=1, save_steps=1, val_samples=0, max_seq_len=96,
+                            lr=0.01)
+    out = tmp_path / "t"
+    real_save = train._save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise train.Interrupted
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(train.Interrupted):
+        train.run(cfg, model_dir, data, out)
+    monkeypatch.setattr(train, "_save_checkpoint", real_save)
+    assert (out / "checkpoints" / "last.pt").exists()
+    with open(data / "train.jsonl", "a", encoding="utf-8") as f:  # the data changed since the checkpoint
+        f.write((data / "train.jsonl").read_text().splitlines()[0].replace('"0"', '"9"') + "\n")
+    with pytest.raises(train.ResumeMismatch, match="data differ"):
+        train.run(cfg, model_dir, data, out, resume=True)
+    with pytest.raises(train.ResumeMismatch, match="config"):
+        train.run(train.TrainConfig(**{**cfg.__dict__, "lr": 0.02}), model_dir, data, out, resume=True)
+
+
 def test_experiment_peft_compare_on_tiny_model(tmp_path):
     from farmslm import artifacts
     from farmslm.model import experiments
 
     model_dir, data = _tiny_dirs(tmp_path)
-    cfg = experiments.ExperimentConfig(methods=["lora", "dora", "ln_tuning"], test_samples=4, max_new_tokens=6)
+    cfg = experiments.ExperimentConfig(methods=["lora", "dora", "ln_tuning"], eval_samples=4, max_new_tokens=6)
     tcfg = train.TrainConfig(max_steps=1, batch_size=2, grad_accum=1, val_samples=0, max_seq_len=96)
     assert experiments.variants("rank", experiments.ExperimentConfig(), tcfg)["lora_r32"].lora_alpha == 64
     out = experiments.run("peft", cfg, tcfg, model_dir, data, tmp_path / "peft")

@@ -106,6 +106,59 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _module_file(name: str) -> Path | None:
+    """farmslm.a.b -> its source file (module or package __init__), None if it is not ours."""
+    root = Path(__file__).resolve().parent
+    parts = name.split(".")
+    if parts[0] != "farmslm":
+        return None
+    base = root.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """farmslm modules a source file imports anywhere (module level and inside functions)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("farmslm")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("farmslm"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}  # `from farmslm.model import merge`
+    return out
+
+
+def import_closure(*modules: str) -> dict[str, Path]:
+    """The farmslm modules `modules` reach through imports, transitively: name -> source file."""
+    seen: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if path is None or name in seen:
+            continue
+        seen[name] = path
+        todo += sorted(_imports(path))
+    return seen
+
+
+def code_hash(*modules: str) -> str:
+    """sha256 of the farmslm version and the source of `modules` and all farmslm code they import.
+
+    Part of every stage key: a fix to the code a stage runs re-runs that stage, not one that it never runs.
+    """
+    h = hashlib.sha256(versions().get("farmslm", "0").encode())
+    root = Path(__file__).resolve().parent
+    for name, path in sorted(import_closure(*modules).items()):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def read_meta(out_dir: str | Path) -> dict | None:
     p = Path(out_dir) / META
     return read_json(p) if p.exists() else None

@@ -1,13 +1,17 @@
 """The whole pipeline in one command: base model -> tomato assistant GGUF + report.
 
-dataset -> base -> vocab trim -> prune -> train (LoRA; LoRA + KD) -> merge -> export GGUF ->
-imatrix + Q4_K_M -> evaluate every variant -> report -> DIR/model.gguf.
+dataset -> knowledge index (+ abstention calibration) -> base -> vocab trim -> prune -> train (LoRA; LoRA + KD)
+-> merge -> export GGUF (prompt format and knowledge hash in its metadata) -> imatrix + quantization ->
+choose the final model on the validation split -> evaluate every variant on the test split -> report ->
+DIR/model.gguf + DIR/model.knowledge.json (the index the engine answers from).
 
     DIR/data/                       the dataset (train/val/test/validation_questions, card)
+    DIR/index/index.json            the knowledge index with its calibrated abstention model
     DIR/base/ vocab/ prune/         model dirs (our format)
     DIR/train/<variant>/            adapters + train_log.jsonl;  DIR/merged/<variant>/  merged model dirs
     DIR/export/<variant>/           model-f16.gguf, model-<type>.gguf (q4_k_m, ...), their imatrix
-    DIR/eval/<variant>_<quant>/     result.json (answers, all figures)
+    DIR/eval/<variant>_<quant>/     result.json (answers, all figures, test split)
+    DIR/select/<variant>_<quant>/   result.json on the validation split (candidates for the final model)
     DIR/report.json report.md *.png build.log;  DIR/model.gguf  the final model
 
 Variants: base (vocab-trimmed, untrained, few-shot prompt), finetuned (unpruned + LoRA, also the KD
@@ -40,6 +44,8 @@ TRAINED = {"finetuned": "vocab", "pruned_lora": "prune", "pruned_lora_kd": "prun
 UNTRAINED = {"base": "vocab", "pruned": "prune"}  # variant -> model dir, evaluated with a few-shot prompt
 QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs")  # variant suffixes: f16 or a llama.cpp type
 DEFAULT_QUANTS = ("f16", "q4_k_m")
+FULL_VARIANTS = tuple(f"{v}_{q}" for v in ("base", "finetuned", "pruned", "pruned_lora", "pruned_lora_kd")
+                      for q in DEFAULT_QUANTS)  # the standard profile's comparison
 
 
 @dataclass
@@ -49,8 +55,11 @@ class BuildConfig:
     variants: list[str] = field(default_factory=lambda: [f"{v}_{q}" for v in (*UNTRAINED, *TRAINED)
                                                            for q in DEFAULT_QUANTS])  # <variant>_<f16|llama.cpp type>
     stock: bool = True  # also measure the packaged stock GGUF (speed, memory, size, answers)
-    final: str = "pruned_lora_kd_q4_k_m"  # the final model unless the report shows another is better
+    final: str = "pruned_lora_kd_q4_k_m"  # the final model unless another trained, quantized variant does better on val
     threads: int = 0  # torch and llama.cpp threads; 0 = all cores
+    select: dict = field(default_factory=lambda: {"n_answer": 24, "n_heldout": 8, "n_tag": 0, "n_ppl": 0,
+                                                   "bench": False, "validation": False, "paraphrases": False})
+    # EvalConfig overrides for the validation-split runs that choose the final model among its candidates
 
 
 def _split_variant(name: str) -> tuple[str, str]:
@@ -66,6 +75,7 @@ def _split_variant(name: str) -> tuple[str, str]:
 def stage_configs(profile: str, overrides: dict[str, dict] | None = None) -> dict[str, Any]:
     """Profile (name or YAML path) + overrides -> one config object per stage, defaults filled in."""
     from farmslm.dataset.build import DataConfig
+    from farmslm.dataset.index import IndexConfig
     from farmslm.evaluate.evaluate import EvalConfig
     from farmslm.model.prune import PruneConfig
     from farmslm.model.quantize import QuantizeConfig
@@ -75,8 +85,8 @@ def stage_configs(profile: str, overrides: dict[str, dict] | None = None) -> dic
     prof = load_profile(profile)
     for stage, values in (overrides or {}).items():
         prof[stage] = {**prof.get(stage, {}), **values}
-    classes = {"build": BuildConfig, "data": DataConfig, "vocab": VocabConfig, "prune": PruneConfig,
-               "train": TrainConfig, "quantize": QuantizeConfig, "eval": EvalConfig}
+    classes = {"build": BuildConfig, "data": DataConfig, "index": IndexConfig, "vocab": VocabConfig,
+               "prune": PruneConfig, "train": TrainConfig, "quantize": QuantizeConfig, "eval": EvalConfig}
     for stage in (overrides or {}):  # other sections (experiment, ...) belong to other commands
         if stage not in classes:
             raise ConfigError(f"--set: unknown stage {stage!r}; the build's stages: {', '.join(classes)}")
@@ -185,10 +195,20 @@ class Build:
             torch.set_num_threads(self.cfg.threads)
         cfg = self.cfgs["train"]
         train_dir = self.out / "train" / variant
-        train.run(cfg, model_dir, data_dir, train_dir, teacher_dir=teacher, resume=True)
+        try:
+            train.run(cfg, model_dir, data_dir, train_dir, teacher_dir=teacher, resume=True)
+        except train.ResumeMismatch as exc:  # the stage's inputs changed since the checkpoint: never mix two runs
+            log.warning("%s; starting %s over", exc, variant)
+            shutil.rmtree(train_dir / "checkpoints")
+            train.run(cfg, model_dir, data_dir, train_dir, teacher_dir=teacher, resume=True)
         return merge.run(train_dir, self.out / "merged" / variant, base_dir=model_dir)
 
-    def export(self, variant: str, model_dir: Path, data_dir: Path, quants: set[str]) -> dict[str, Path]:
+    def index(self, data_dir: Path) -> Path:
+        from farmslm.dataset import index
+
+        return index.run(self.cfgs["index"], data_dir, self.out / "index" / "index.json")  # skips itself when done
+
+    def export(self, variant: str, model_dir: Path, data_dir: Path, quants: set[str], index_path: Path) -> dict[str, Path]:
         """Model dir -> export/<variant>/model-f16.gguf (+ model-<type>.gguf and its imatrix per llama.cpp type)."""
         from farmslm.model import export, quantize
 
@@ -198,16 +218,23 @@ class Build:
                                         qtype=q.upper(), imatrix_data=str(data_dir), model_dir=str(model_dir),
                                         n_threads=self.cfg.threads)
                  for q in sorted(quants - {"f16"})}
-        config = {"variant": variant, "profile": self.profile, "quantize": qcfgs}
+        from farmslm.domain import retrieve
+        from farmslm.domain.prompt import FORMAT
+
+        knowledge = retrieve.load(index_path).knowledge_hash
+        config = {"variant": variant, "profile": self.profile, "quantize": qcfgs, "prompt_format": FORMAT,
+                  "knowledge_hash": knowledge}
         inputs = {"model": artifacts.hash_path(model_dir / "model.safetensors"),
-                  "tokenizer": artifacts.hash_path(model_dir / "tokenizer.gguf")}
+                  "tokenizer": artifacts.hash_path(model_dir / "tokenizer.gguf"),
+                  "code": artifacts.code_hash("farmslm.model.export", "farmslm.model.quantize")}
         files = {"f16": f16, **{q: Path(c.out) for q, c in qcfgs.items()}}
         if self._skip(out, config, inputs) and all(p.exists() for p in files.values()):
             return files
         started = time.time()
         ecfg = export.ExportConfig(model_dir=str(model_dir), out=str(f16), dtype="f16", name=f"farmslm-{variant}",
                                    profile=self.profile, dataset_hash=self.dataset_hash(data_dir),
-                                   extra={"variant": variant})
+                                   extra={"variant": variant, "prompt_format": str(FORMAT),
+                                          "knowledge_hash": knowledge})
         export.run(ecfg)
         imx = quantize.build_imatrix(next(iter(qcfgs.values()))) if qcfgs else None  # one per variant
         for qcfg in qcfgs.values():
@@ -219,21 +246,29 @@ class Build:
     def dataset_hash(self, data_dir: Path) -> str:
         return artifacts.hash_path(data_dir / "train.jsonl")[:16]
 
-    def evaluate(self, name: str, model: Path, data_dir: Path, few_shot: bool, quality: bool = True) -> dict:
+    def evaluate(self, name: str, model: Path, data_dir: Path, few_shot: bool, index_path: Path | None,
+                 quality: bool = True, select: bool = False) -> dict:
+        """Test-split evaluation (the report), or with select=True the validation-split run of a candidate."""
         from farmslm.evaluate import evaluate
 
-        out = self.out / "eval" / name
+        out = self.out / ("select" if select else "eval") / name
         cfg = self.cfgs["eval"]
         if self.cfg.threads and not cfg.threads:
             cfg = dataclasses.replace(cfg, threads=self.cfg.threads)
+        if select:
+            cfg = dataclasses.replace(cfg, split="val", **self.cfg.select)
         if not quality:  # stock: speed, memory and size only (bench)
-            cfg = dataclasses.replace(cfg, n_test=0, n_text=0, n_ppl=0, validation=False)
+            cfg = dataclasses.replace(cfg, n_answer=0, n_tag=0, n_ppl=0, validation=False, out_of_scope=False,
+                                      paraphrases=False)
         config = {"eval": cfg, "few_shot": few_shot}
-        inputs = {"model": artifacts.hash_path(model), "data": artifacts.hash_path(data_dir)}
+        inputs = {"model": artifacts.hash_path(model), "data": artifacts.hash_path(data_dir),
+                  "index": artifacts.hash_path(index_path) if index_path else "",
+                  "code": artifacts.code_hash("farmslm.evaluate.evaluate")}
         if self._skip(out, config, inputs) and (out / "result.json").exists():
             return artifacts.read_json(out / "result.json")
         started = time.time()
-        result = evaluate.run_isolated(cfg, model, data_dir, out / "result.json", few_shot=few_shot)
+        result = evaluate.run_isolated(cfg, model, data_dir, out / "result.json", few_shot=few_shot,
+                                       index_path=index_path)
         artifacts.write_meta(out, "eval", config, inputs, result["summary"], started, model=str(model))
         return result
 
@@ -242,8 +277,12 @@ class Build:
         stems = {_split_variant(v)[0] for v in self.cfg.variants}
         n_train = len(stems & set(TRAINED)) + ("pruned_lora_kd" in stems and "finetuned" not in stems)
         n_prune = any(s.startswith("pruned") for s in stems)
-        # data, base, vocab, [prune], trainings, exports, [stock], evals, report, final
-        return 3 + n_prune + n_train + len(stems) + self.cfg.stock + len(self.cfg.variants) + 2
+        # data, index, base, vocab, [prune], trainings, exports, [stock], selections, evals, report, final
+        return 4 + n_prune + n_train + len(stems) + self.cfg.stock + len(self.candidates()) + len(self.cfg.variants) + 2
+
+    def candidates(self) -> list[str]:
+        """Variants the final model is chosen from: trained and quantized (an untrained or f16 file never ships)."""
+        return [v for v in self.cfg.variants if _split_variant(v)[0] in TRAINED and _split_variant(v)[1] != "f16"]
 
     def run(self) -> Path:
         from farmslm.model.load import default_gguf
@@ -254,6 +293,8 @@ class Build:
             wanted.setdefault(stem, set()).add(quant)
         with self.stage("data", self.out / "data"):
             data_dir = self.data()
+        with self.stage("index", self.out / "index"):
+            index_path = self.index(data_dir)
         with self.stage("base", self.out / "base"):
             base = self.base()
         with self.stage("vocab", self.out / "vocab"):
@@ -274,48 +315,60 @@ class Build:
         files: dict[str, Path] = {}
         for stem, quants in wanted.items():
             with self.stage(f"export_{stem}", self.out / "export" / stem):
-                for quant, path in self.export(stem, model_dirs[stem], data_dir, quants).items():
+                for quant, path in self.export(stem, model_dirs[stem], data_dir, quants, index_path).items():
                     if quant in quants:
                         files[f"{stem}_{quant}"] = path
+        selection: dict[str, dict] = {}
+        for name in self.candidates():  # on the validation split: the test split decides nothing
+            with self.stage(f"select_{name}", self.out / "select" / name):
+                selection[name] = self.evaluate(name, files[name], data_dir, few_shot=False, index_path=index_path,
+                                                select=True)
         evals: dict[str, dict] = {}
         if self.cfg.stock:
             with self.stage("eval_stock", self.out / "eval" / "stock"):
-                evals["stock"] = self.evaluate("stock", default_gguf(), data_dir, few_shot=True, quality=False)
+                evals["stock"] = self.evaluate("stock", default_gguf(), data_dir, few_shot=True, index_path=None,
+                                               quality=False)
         for name in self.cfg.variants:
             with self.stage(f"eval_{name}", self.out / "eval" / name):
-                evals[name] = self.evaluate(name, files[name], data_dir, few_shot=_split_variant(name)[0] in UNTRAINED)
+                evals[name] = self.evaluate(name, files[name], data_dir, index_path=index_path,
+                                            few_shot=_split_variant(name)[0] in UNTRAINED)
         with self.stage("report"):
-            report = self.report(evals, order)
+            report = self.report(evals, selection, order, index_path)
         final = files.get(report["final"]) or files.get(self.cfg.final)
         with self.stage("final"):
-            self._install(final)
+            self._install(final, index_path)
         return self.out / "model.gguf"
 
-    def report(self, evals: dict[str, dict], trained: list[str]) -> dict:
+    def report(self, evals: dict[str, dict], selection: dict[str, dict], trained: list[str], index_path: Path) -> dict:
         from farmslm.evaluate.report import write_report
 
         logs = {}
         for stem in trained:
             p = self.out / "train" / stem / "train_log.jsonl"
             logs[stem] = artifacts.read_jsonl(p) if p.exists() else []
-        from farmslm.runtime.engine import Answer
-
-        notes = [f"profile {self.profile}; eval config: {artifacts._jsonable(self.cfgs['eval'])}"]
-        if "tag_found" not in getattr(Answer, "__dataclass_fields__", {}):
-            notes.append("the engine does not yet tell a missing tag from [NORMAL]: an untrained model that "
-                         "writes no tag on a NORMAL row is counted correct (warning accuracy of base/pruned is "
-                         "an upper bound)")
+        notes = [f"profile {self.profile}; eval config: {artifacts._jsonable(self.cfgs['eval'])}",
+                 f"final model chosen on the validation split among {', '.join(self.candidates()) or 'no candidate'} "
+                 f"(select config {self.cfg.select})"]
+        left_out = [v for v in FULL_VARIANTS if v not in self.cfg.variants]
+        if left_out:
+            notes.append(f"variants this profile leaves out (the standard profile builds them): {', '.join(left_out)}")
         durations = {k: self.durations[k] for k in self.stages if k in self.durations}  # this build's stages only
-        return write_report(self.out, self.profile, evals, durations, logs, notes, self.cfg.final)
+        index_meta = artifacts.read_meta(index_path.parent) or {}
+        return write_report(self.out, self.profile, evals, durations, logs, notes, self.cfg.final, selection,
+                            index_meta.get("metrics", {}))
 
-    def _install(self, src: Path) -> None:
+    def _install(self, src: Path, index_path: Path) -> None:
+        """DIR/model.gguf and its knowledge index beside it (DIR/model.knowledge.json)."""
+        from farmslm.runtime.engine import sidecar_path
+
         dst = self.out / "model.gguf"
-        if dst.exists() and dst.stat().st_size == src.stat().st_size and \
-                artifacts.hash_path(dst) == artifacts.hash_path(src):
-            return
-        with artifacts.atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-        log.info("final model: %s -> %s (%.1f MB)", src.relative_to(self.out), dst, dst.stat().st_size / 1e6)
+        for a, b in ((src, dst), (index_path, sidecar_path(dst))):
+            if b.exists() and b.stat().st_size == a.stat().st_size and artifacts.hash_path(b) == artifacts.hash_path(a):
+                continue
+            with artifacts.atomic_path(b) as tmp:
+                shutil.copyfile(a, tmp)
+        log.info("final model: %s -> %s (%.1f MB) + %s", src.relative_to(self.out), dst, dst.stat().st_size / 1e6,
+                 sidecar_path(dst).name)
 
 
 def _logging(out_dir: Path, console) -> list[logging.Handler]:

@@ -3,6 +3,7 @@
 DataConfig -> out_dir/{train,val,test,validation_questions,quarantine}.jsonl, card.json, card.md,
 meta.json. Deterministic for a seed; skipped when meta.json records the same config and inputs.
 
+Held-out facts (`heldout_share` of each category's facts) get rows in val/test only (heldout_facts.json).
 Example: farmslm data build --out runs/x/data --seed 0 --size 3800
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from farmslm import artifacts
 from farmslm.dataset import card as card_mod
 from farmslm.dataset import split, synth, verify
+from farmslm.domain.retrieve import DEFAULT_ANALYZER
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "domain" / "data"
 
@@ -23,8 +25,10 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "domain" / "data"
 class DataConfig:
     out_dir: str = "runs/default/data"  # where the dataset files go
     seed: int = 0  # one seed fixes every draw: same seed, same files
-    size: int = 4000  # rows synthesized before verification (~15 % fall out as duplicates)
+    size: int = 4400  # rows synthesized before verification (~20 % fall out as duplicates: >= 3,000 remain)
     warning_share: float = 0.58  # share of synthesized rows drawn to carry at least one warning
+    heldout_share: float = 0.12  # share of each category's facts kept out of every training row (val/test only)
+    analyzer: str = DEFAULT_ANALYZER  # Korean analyzer of the retrieval index that picks each prompt's facts
     val_frac: float = 0.1  # share of each category x language group held out for validation
     test_frac: float = 0.1  # ... and for test
     dup_threshold: float = 0.85  # cosine (char n-gram TF-IDF, question + answer) that counts as duplicate
@@ -49,13 +53,15 @@ def check(cfg: DataConfig) -> None:
         raise DataConfigError("dup_threshold/term_threshold: expected values in (0, 1]")
     if not 0 <= cfg.warning_share <= 1:
         raise DataConfigError("warning_share: expected a value in [0, 1]")
+    if not 0 <= cfg.heldout_share <= 0.5:
+        raise DataConfigError(f"heldout_share: got {cfg.heldout_share}; expected a fraction in [0, 0.5]")
     if bool(cfg.llm_endpoint) != bool(cfg.llm_model):
         raise DataConfigError("--llm-endpoint and --llm-model go together")
 
 
 def inputs() -> dict[str, str]:
-    """Hashes of the data files the dataset is made from (knowledge, rules, terminology)."""
-    return {"domain/data": artifacts.hash_path(DATA_DIR)}
+    """Hashes of the data files the dataset is made from (knowledge, rules, terminology) and of the code."""
+    return {"domain/data": artifacts.hash_path(DATA_DIR), "code": artifacts.code_hash("farmslm.dataset.build")}
 
 
 def run(cfg: DataConfig) -> Path:
@@ -67,14 +73,18 @@ def run(cfg: DataConfig) -> Path:
         print(f"data: {out_dir} already built with this config; skipping")
         return out_dir
     started = time.time()
-    rows = synth.synthesize(cfg.size, seed=cfg.seed, warning_share=cfg.warning_share)
+    from farmslm.domain import retrieve
+
+    heldout = synth.heldout_facts(cfg.heldout_share, cfg.seed)
+    index = retrieve.build(cfg.analyzer)
+    rows = synth.synthesize(cfg.size, seed=cfg.seed, warning_share=cfg.warning_share, heldout=heldout, index=index)
     quarantine: list[dict] = []
     llm_figures = None
     if cfg.llm_endpoint:
         from farmslm.dataset import llm
 
         llm_rows, failed = llm.synthesize_llm(cfg.llm_rows, cfg.seed, cfg.llm_endpoint, cfg.llm_model,
-                                              cfg.llm_max_tokens, cfg.llm_timeout_s)
+                                              cfg.llm_max_tokens, cfg.llm_timeout_s, index)
         rows += llm_rows
         quarantine += failed
         llm_figures = {"requested": cfg.llm_rows, "answered": len(llm_rows), "request_failed": len(failed)}
@@ -87,12 +97,14 @@ def run(cfg: DataConfig) -> Path:
     figures["n_quarantined"] = len(quarantine)
     splits = split.split_rows(kept, cfg.seed, cfg.val_frac, cfg.test_frac)
     splits, leakage = split.fix_leakage(splits, cfg.dup_threshold, vcfg)
+    quarantine += leakage.pop("dropped_heldout")
     validation = split.validation_rows()
     for name in split.SPLITS:
         artifacts.write_jsonl(out_dir / f"{name}.jsonl", splits[name])
     artifacts.write_jsonl(out_dir / "validation_questions.jsonl", validation)
     artifacts.write_jsonl(out_dir / "quarantine.jsonl", quarantine)
-    card = card_mod.build_card(splits, validation, figures, leakage, asdict(cfg))
+    artifacts.write_json(out_dir / "heldout_facts.json", heldout)
+    card = card_mod.build_card(splits, validation, figures, leakage, asdict(cfg), heldout)
     artifacts.write_json(out_dir / "card.json", card)
     artifacts.write_text(out_dir / "card.md", card_mod.card_markdown(card))
     metrics = {"rows": card["rows_total"], **{f"rows_{s}": len(v) for s, v in splits.items()},

@@ -12,7 +12,8 @@ from collections import Counter
 
 import numpy as np
 
-from farmslm.domain.knowledge import CATEGORIES, CATEGORY_NAMES, LANGS, load_facts, load_sources
+from farmslm.domain.knowledge import CATEGORIES, CATEGORY_NAMES, load_facts, load_sources
+from farmslm.domain.lang import LANGS
 
 _CORE = re.compile(r"[^\w\s]")
 
@@ -67,13 +68,53 @@ def phrasings(rows: list[dict]) -> dict:
     out = {}
     for lang in LANGS:
         qs = [r["question"] for r in rows if r["lang"] == lang]
-        cores = {q for f in load_facts() for q in f.q[lang] if any(q.lower() in x.lower() for x in qs)}
+        joined = "\n".join(x.lower() for x in qs)
+        cores = {q for f in load_facts() for q in f.q[lang] if q.lower() in joined}
         out[lang] = {"distinct_questions": len(set(qs)), "distinct_question_cores": len(cores)}
     return out
 
 
+def knowledge_card(knowledge_dir=None) -> dict:
+    """The knowledge base in figures: facts per category and language, sources per publisher, verified share."""
+    facts = load_facts(knowledge_dir)
+    sources = load_sources(knowledge_dir)
+    by_cat = Counter(f.category for f in facts)
+    pubs = Counter(sources[s].get("publisher", "?") for s in sources)
+    cited = Counter(sources[s].get("publisher", "?") for f in facts for s in f.source)
+    return {
+        "facts": len(facts),
+        "verified": sum(f.verified for f in facts),
+        "verified_share": round(sum(f.verified for f in facts) / len(facts), 3) if facts else None,
+        "by_category": {c: {"facts": by_cat.get(c, 0), "verified": sum(f.verified for f in facts if f.category == c),
+                            **{f"{lang}_question_cores": sum(len(f.q[lang]) for f in facts if f.category == c)
+                               for lang in LANGS}} for c in CATEGORIES},
+        "languages": {lang: {"facts": sum(bool(f.fact[lang]) for f in facts),
+                             "question_cores": sum(len(f.q[lang]) for f in facts),
+                             "actions": sum(len(f.do[lang]) for f in facts)} for lang in LANGS},
+        "sources": len(sources),
+        "sources_by_publisher": dict(pubs.most_common()),
+        "citations_by_publisher": dict(cited.most_common()),
+        "with_thresholds": sum(bool(f.thresholds) for f in facts),
+    }
+
+
+def knowledge_markdown(k: dict) -> list[str]:
+    lines = ["## Knowledge base", "",
+             f"{k['facts']} facts, {k['verified']} verified ({100 * (k['verified_share'] or 0):.0f} %: claim and numbers "
+             f"seen on the page the fact links, with a quote); {k['with_thresholds']} declare sensor numbers checked "
+             f"against rules.yaml; {k['sources']} sources.", "",
+             "| category | facts | verified | ko cores | en cores |", "|---|---:|---:|---:|---:|"]
+    for c, d in k["by_category"].items():
+        lines.append(f"| {CATEGORY_NAMES[c][0]} ({c}) | {d['facts']} | {d['verified']} | {d['ko_question_cores']} "
+                     f"| {d['en_question_cores']} |")
+    lines += ["", "| publisher | sources | facts citing |", "|---|---:|---:|"]
+    for pub, n in k["sources_by_publisher"].items():
+        lines.append(f"| {pub} | {n} | {k['citations_by_publisher'].get(pub, 0)} |")
+    return lines + [""]
+
+
 def build_card(splits: dict[str, list[dict]], validation: list[dict], verify_figures: dict, leakage: dict,
-               config: dict) -> dict:
+               config: dict, heldout: dict[str, str] | None = None) -> dict:
     """Everything here is a function of the rows and the config, so the card is deterministic too."""
     all_rows = [r for s in splits.values() for r in s]
     lengths = {lang: _stats([answer_length(r) for r in all_rows if r["lang"] == lang]) for lang in LANGS}
@@ -94,6 +135,9 @@ def build_card(splits: dict[str, list[dict]], validation: list[dict], verify_fig
         "validation_questions": {"rows": len(validation), "questions": len({r["qid"] for r in validation}),
                                  "with_warnings": sum(1 for r in validation if r["warnings"])},
         "sources": [{"id": k, **v, "facts_rows": used.get(k, 0)} for k, v in sources.items()],
+        "knowledge": knowledge_card(),
+        "heldout_facts": {"val": sorted(f for f, s in (heldout or {}).items() if s == "val"),
+                          "test": sorted(f for f, s in (heldout or {}).items() if s == "test")},
         "config": {k: v for k, v in config.items() if k != "out_dir"},
     }
 
@@ -132,9 +176,12 @@ def card_markdown(card: dict) -> str:
               f"to train, {card['leakage']['pairs_left']} pairs left",
               f"- validation questions: {card['validation_questions']['questions']} × ko/en = "
               f"{card['validation_questions']['rows']} rows", "",
+              f"- held-out facts (rows in val/test only, never in training): val {len(card['heldout_facts']['val'])}, "
+              f"test {len(card['heldout_facts']['test'])}", "", *knowledge_markdown(card["knowledge"]),
               "## Sources", ""]
     for s in card["sources"]:
         mark = "" if s.get("verified", True) else " *(unverified)*"
-        lines.append(f"- `{s['id']}`: {s['title']}{mark} (rows: {s['facts_rows']})")
+        lines.append(f"- `{s['id']}`: {s['title']}, {s.get('publisher', '?')} <{s.get('url', '')}>{mark} "
+                     f"(rows: {s['facts_rows']})")
     lines += ["", f"Config: `{card['config']}` (build time: see meta.json)", ""]
     return "\n".join(lines)

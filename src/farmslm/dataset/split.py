@@ -13,21 +13,25 @@ from __future__ import annotations
 import random
 
 from farmslm.dataset import verify
-from farmslm.dataset.synth import warning_text
 from farmslm.domain import rules
-from farmslm.domain.knowledge import LANGS, load_validation
-from farmslm.domain.sensors import format_sample, validate
+from farmslm.domain.knowledge import load_validation
+from farmslm.domain.lang import LANGS
+from farmslm.domain.sensors import validate
 
 SPLITS = ("train", "val", "test")
 
 
 def split_rows(rows: list[dict], seed: int, val_frac: float, test_frac: float) -> dict[str, list[dict]]:
-    """Stratified by (category, lang): each group contributes round(n*frac) rows to val and test."""
+    """Rows about held-out facts go to their split (`heldout`: val | test); the rest are stratified by
+    (category, lang): each group contributes round(n*frac) rows to val and test."""
     groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["category"], r["lang"]), []).append(r)
-    rng = random.Random(seed)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for r in rows:
+        if r.get("heldout"):
+            out[r["heldout"]].append(r)
+        else:
+            groups.setdefault((r["category"], r["lang"]), []).append(r)
+    rng = random.Random(seed)
     for key in sorted(groups):
         group = list(groups[key])
         rng.shuffle(group)
@@ -51,12 +55,14 @@ def leakage_pairs(splits: dict[str, list[dict]], threshold: float, cfg: verify.V
 
 def fix_leakage(splits: dict[str, list[dict]], threshold: float, cfg: verify.VerifyConfig | None = None,
                 max_rounds: int = 5) -> tuple[dict[str, list[dict]], dict]:
-    """Move every val/test row that pairs with another split to train until none is left."""
-    moved = []
+    """Move every val/test row that pairs with another split to train until none is left; a row about a
+    held-out fact is dropped instead (returned under `dropped_heldout`): it must never reach training."""
+    moved, dropped = [], []
     for _ in range(max_rounds):
         pairs = leakage_pairs(splits, threshold, cfg)
         if not pairs:
-            return splits, {"pairs_found": len(moved), "moved_to_train": moved, "pairs_left": 0}
+            return splits, {"pairs_found": len(moved) + len(dropped), "moved_to_train": moved,
+                            "dropped_heldout": dropped, "pairs_left": 0}
         to_move = set()
         for (sa, ra), (sb, rb), _ in pairs:
             # move the held-out side (val/test) of each pair; between val and test, move the test row
@@ -66,23 +72,25 @@ def fix_leakage(splits: dict[str, list[dict]], threshold: float, cfg: verify.Ver
         for split, rid in sorted(to_move):
             row = next(r for r in splits[split] if r["id"] == rid)
             splits[split].remove(row)
-            splits["train"].append(row)
-            moved.append(rid)
+            if row.get("heldout"):
+                dropped.append({**row, "reason": f"leakage: a {split} row about a held-out fact resembles another split's row"})
+            else:
+                splits["train"].append(row)
+                moved.append(rid)
     left = len(leakage_pairs(splits, threshold, cfg))
-    return splits, {"pairs_found": len(moved), "moved_to_train": moved, "pairs_left": left}
+    return splits, {"pairs_found": len(moved) + len(dropped), "moved_to_train": moved, "dropped_heldout": dropped,
+                    "pairs_left": left}
 
 
 def validation_rows() -> list[dict]:
-    """The 15 core questions × {ko, en}: warnings by the rule engine, reference answer = every warning
-    explained (as in the dataset) + the hand-written core answer. Rows share `qid` across languages."""
+    """The 15 core questions × {ko, en}: warnings by the rule engine, `answer` = the hand-written reference
+    of the model-written part (the rule sentences are the engine's). Rows share `qid` across languages."""
     out = []
     for v in load_validation():
         readings = validate(v["sensors"])
         warnings = rules.evaluate(readings)
         for lang in LANGS:
-            q, core = v[lang]["question"], v[lang]["answer"]
-            answer = " ".join([warning_text(c, readings, lang) for c in warnings] + [core])
             out.append({"id": f"{v['qid']}-{lang}", "qid": v["qid"], "lang": lang, "category": v["category"],
-                        "sensors": readings, "question": q, "warnings": warnings, "answer": answer,
-                        "text": format_sample(readings, q, warnings, answer)})
+                        "sensors": readings, "question": v[lang]["question"], "warnings": warnings,
+                        "answer": v[lang]["answer"]})
     return out

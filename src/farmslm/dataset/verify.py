@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from farmslm import artifacts
-from farmslm.domain import rules, terms
+from farmslm.domain import explain, rules, terms
 from farmslm.domain.knowledge import CATEGORIES
-from farmslm.domain.sensors import SensorError, format_sample, parse_sample, validate
+from farmslm.domain.lang import LANGS
+from farmslm.domain.sensors import SensorError, format_sample, parse_sample, parse_tag, validate
 
 FIELDS = {"id": str, "lang": str, "category": str, "sensors": dict, "question": str, "warnings": list,
           "answer": str, "text": str}
-LANGS = ("en", "ko")
-MARKUP = ("Q:", "A:", "[STATUS", "[WARNING", "[NORMAL]")  # prompt-format tokens that must not leak into fields
+MARKUP = ("Q:", "A:", "[STATUS", "[WARNING", "[NORMAL]", "[NO_READINGS]", "[FACTS")  # prompt-format tokens that must not leak into fields
 # Words that show an answer talks about a sensor; a warning counts as addressed when the answer names
 # the sensor (or derived value) of one of its rule's conditions.
 SENSOR_WORDS = {
@@ -69,6 +69,8 @@ def check_structure(row: object) -> str | None:
     bad = [c for c in row["warnings"] if c not in rules.CODES]
     if bad:
         return f"structure: unknown warning code(s) {bad}"
+    if row.get("format", 1) >= 2:
+        return _check_grounded(row)
     try:
         readings = validate(row["sensors"])
     except SensorError as exc:
@@ -81,7 +83,50 @@ def check_structure(row: object) -> str | None:
     return None
 
 
+def _readings(row: dict) -> dict | None:
+    return validate(row["sensors"]) if row["sensors"] else None
+
+
+def _check_grounded(row: dict) -> str | None:
+    """Format 2: the prompt is rebuilt from the row's readings, retrieved fact ids and question."""
+    from farmslm.domain.prompt import guarded_prompt, sample_text
+    from farmslm.domain.retrieve import fact_record
+    from farmslm.domain.knowledge import fact_by_id
+
+    for field in ("prefill", "fact_id"):
+        if not isinstance(row.get(field), str):
+            return f"structure: field {field!r} must be str"
+    if not isinstance(row.get("retrieved"), list):
+        return "structure: field 'retrieved' must be list"
+    known = fact_by_id()
+    missing = [f for f in [row["fact_id"], *row["retrieved"]] if f not in known]
+    if missing:
+        return f"structure: unknown fact id(s) {missing}"
+    try:
+        readings = _readings(row)
+    except SensorError as exc:
+        return f"structure: sensors: {exc}"
+    if readings is not None and (readings != row["sensors"] or list(readings) != list(row["sensors"])):
+        return "structure: sensors not normalised (order or precision differs from sensors.validate)"
+    facts = [fact_record(known[f]) for f in row["retrieved"]]
+    prefill = guarded_prompt(readings, row["question"], facts, row["lang"],
+                             explain.prefill(readings, row["lang"], row["warnings"]))
+    if row["prefill"] != prefill:
+        return "structure: prefill != the guarded prompt rebuilt from sensors, retrieved facts and question"
+    if row["text"] != sample_text(prefill, row["answer"]):
+        return "structure: text != prefill + answer"
+    return None
+
+
 def check_warnings(row: dict) -> str | None:
+    if row.get("format", 1) >= 2:
+        readings = _readings(row)
+        expected = rules.evaluate(readings) if readings else []
+        if row["warnings"] != expected:
+            return f"warnings: row has {row['warnings'] or '[NORMAL]'}, rules give {expected or '[NORMAL]'}"
+        tag, _ = parse_tag(row["prefill"].split("\nA:", 1)[1])
+        want = expected if readings else ["NO_READINGS"]
+        return None if tag == want else f"warnings: tag in prompt {tag}, rules give {want}"
     expected = rules.evaluate(validate(row["sensors"]))
     if row["warnings"] != expected:
         return f"warnings: row has {row['warnings'] or '[NORMAL]'}, rules give {expected or '[NORMAL]'}"
@@ -106,7 +151,8 @@ def _sentence_has_term(sentence: str, lang: str) -> bool:
 
 def term_rate(row: dict) -> float:
     """terms.match_rate of question + answer, computed per sentence with a cache (facts repeat across rows)."""
-    parts = terms.sentences(row["question"] + "\n" + row["answer"])
+    # an abstaining answer names no term by design: its question alone must be on the domain
+    parts = terms.sentences(row["question"] + ("" if row.get("abstain") else "\n" + row["answer"]))
     return sum(_sentence_has_term(s, row["lang"]) for s in parts) / len(parts) if parts else 0.0
 
 
@@ -133,7 +179,9 @@ def similar_pairs(x, threshold: float, chunk: int = 1024) -> list[tuple[int, int
 
 
 def qa_text(row: dict) -> str:
-    return row["question"] + "\n" + row["answer"]
+    """What dedup and leakage compare: question, answer and (grounded rows) the rule-written sentences."""
+    rule_part = row["prefill"].split("\nA:", 1)[1] if row.get("prefill") else ""
+    return row["question"] + "\n" + row["answer"] + "\n" + rule_part
 
 
 def dedup(rows: list[dict], cfg: VerifyConfig) -> tuple[list[dict], list[dict]]:
@@ -182,12 +230,7 @@ def verify_rows(rows: list, cfg: VerifyConfig | None = None) -> tuple[list[dict]
         else:
             counts[reason.split(":")[0]] += 1
             quarantine.append({"row": row, "reason": reason} if not isinstance(row, dict) else {**row, "reason": reason})
-    kept, dups = dedup(ok, cfg)
-    while True:  # idf shifts once duplicates leave; repeat until the kept set is stable (1-2 rounds)
-        kept, more = dedup(kept, cfg)
-        dups += more
-        if not more:
-            break
+    kept, dups = dedup(ok, cfg)  # one greedy pass over fixed vectors leaves no pair among the kept rows
     counts["duplicate"] = len(dups)
     quarantine += dups
     kept_rates = [r["term_match"] for r in kept]

@@ -3,7 +3,8 @@
 Every threshold lives in `data/rules.yaml` with its source; this module only reads and applies it.
 Boundary semantics (documented in the YAML too): `above: x` fires when value > x and `below: x` when
 value < x (strict), `min`/`max` bound an inclusive band. So HIGH_TEMP fires by day at 30.1 °C, not 30.0.
-A reading without `period` counts as day; a missing sensor never fires its rules.
+A reading without `period` is judged as day here; callers fill the period in first and say so
+(farmslm.domain.judge). A missing sensor never fires its rules.
 
 Example: farmslm rules --sensors '{"temp_c": 31.5, "humidity_pct": 88, "period": "day"}'
 """
@@ -17,6 +18,7 @@ from importlib import resources
 
 import yaml
 
+from farmslm.domain.lang import LANGS, check_lang
 from farmslm.domain.sensors import CONTEXT_KEYS, NUMERIC
 
 # The fixed output order of evaluate(): plain sensor codes first, then the combined disease risks.
@@ -26,7 +28,6 @@ CODES: tuple[str, ...] = (
     "HIGH_MOISTURE", "GRAY_MOLD_RISK", "LEAF_MOLD_RISK", "LATE_BLIGHT_RISK", "POWDERY_MILDEW_RISK",
     "BLOSSOM_END_ROT_RISK", "CONDENSATION_RISK",
 )
-LANGS = ("en", "ko")
 DERIVED = ("vpd_kpa",)
 PERIODS = CONTEXT_KEYS["period"]
 STAGES = CONTEXT_KEYS["growth_stage"]
@@ -107,9 +108,12 @@ class Rule:
     source: str
     verified: bool
     notes: str
-    message: dict  # lang -> one-line message
+    message: dict  # lang -> one-line message: "what is wrong: what to do"
+    night_message: dict  # lang -> the message at night where the action differs ({} = same)
     cause: dict  # lang -> explanation of the cause with the threshold
     actions: dict  # lang -> list of concrete actions
+    opposite: dict  # lang -> regexes of actions that work against this code (faithfulness check)
+    action_verbs: dict  # lang -> regexes of this code's own action (negated, it is a contradiction)
 
     def fires(self, readings: dict) -> bool:
         period = readings.get("period", "day")
@@ -151,8 +155,11 @@ def load_rules() -> dict[str, Rule]:
             conditions=tuple(_condition(code, c) for c in r["conditions"]),
             skip_stages=tuple(r.get("skip_stages", ())), unit=r.get("unit", ""),
             source=" ".join(str(r["source"]).split()), verified=bool(r["verified"]),
-            notes=r.get("notes", ""), message=dict(r["message"]), cause=dict(r["cause"]),
-            actions={lang: list(r["actions"][lang]) for lang in LANGS})
+            notes=r.get("notes", ""), message=dict(r["message"]), night_message=dict(r.get("night_message") or {}),
+            cause=dict(r["cause"]),
+            actions={lang: list(r["actions"][lang]) for lang in LANGS},
+            opposite={lang: list((r.get("opposite") or {}).get(lang, ())) for lang in LANGS},
+            action_verbs={lang: list((r.get("action_verbs") or {}).get(lang, ())) for lang in LANGS})
     return rules
 
 
@@ -163,9 +170,7 @@ def evaluate(readings: dict) -> list[str]:
 
 
 def _lang(lang: str) -> str:
-    if lang not in LANGS:
-        raise ValueError(f"lang: got {lang!r}; expected one of {'|'.join(LANGS)}")
-    return lang
+    return check_lang(lang)
 
 
 def message(code: str, lang: str = "en") -> str:
@@ -191,3 +196,43 @@ def explain(code: str, lang: str = "en") -> dict:
 def thresholds() -> dict[str, list[dict]]:
     """code -> the numbers its conditions use (per period and stage overrides)."""
     return {code: rule.thresholds() for code, rule in load_rules().items()}
+
+
+@dataclass(frozen=True)
+class Band:
+    """Single-sensor limits for one (period, stage): warnings fire below lo or above hi (None: no limit)."""
+    lo: float | None
+    hi: float | None
+
+
+@lru_cache(maxsize=None)
+def normal_band(sensor: str, period: str, stage: str | None) -> Band:
+    """The normal band of one sensor from the single-condition codes (what no plain code flags)."""
+    lo = hi = None
+    for rule in load_rules().values():
+        if len(rule.conditions) != 1 or rule.conditions[0].sensor != sensor or stage in rule.skip_stages:
+            continue
+        cond = rule.conditions[0]
+        limit = cond.limits(period, stage)
+        if limit is None or cond.op == "band":
+            continue
+        if cond.op == "below":
+            lo = limit if lo is None else max(lo, limit)
+        else:
+            hi = limit if hi is None else min(hi, limit)
+    return Band(lo, hi)
+
+
+@lru_cache(maxsize=None)
+def critical_values(sensor: str, period: str, stage: str | None) -> tuple[float, ...]:
+    """Every threshold on a sensor (single codes and disease bands) in this period and stage."""
+    out = set()
+    for rule in load_rules().values():
+        for cond in rule.conditions:
+            if cond.sensor != sensor:
+                continue
+            limit = cond.limits(period, stage)
+            if limit is None:
+                continue
+            out.update(limit if isinstance(limit, tuple) else (limit,))
+    return tuple(sorted(out))

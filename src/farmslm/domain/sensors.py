@@ -6,7 +6,7 @@ This is the only way sensor data enters a prompt: training, `farmslm ask` and th
 Grammar (keys always in SENSOR_KEYS order, separated by ", "):
     status   := "[STATUS: " pair (", " pair)* "]"
     pair     := key "=" value            value: shortest decimal at the key's precision, or a word
-    tag      := "[NORMAL]" | "[WARNING: " code (", " code)* "]"
+    tag      := "[NORMAL]" | "[NO_READINGS]" | "[WARNING: " code (", " code)* "]"
     sample   := "Q: " status " " question "\\nA: " tag " " answer
 
 Example: farmslm rules --sensors '{"temp_c": 31.5, "humidity_pct": 88, "period": "day"}'
@@ -147,19 +147,25 @@ def parse_status(text: str) -> Readings:
     return validate(raw)
 
 
+NO_READINGS = "NO_READINGS"  # the tag's pseudo-code when no usable reading was given (never a rule code)
+
+
 def format_tag(warnings: list[str]) -> str:
+    """[] -> [NORMAL]; [NO_READINGS] -> [NO_READINGS]; codes -> [WARNING: A, B]."""
+    if warnings == [NO_READINGS]:
+        return "[NO_READINGS]"
     return "[WARNING: " + ", ".join(warnings) + "]" if warnings else "[NORMAL]"
 
 
-_TAG_RE = re.compile(r"\s*\[(NORMAL|WARNING: ([A-Z0-9_]+(?:, [A-Z0-9_]+)*))\]")
+_TAG_RE = re.compile(r"\s*\[(NORMAL|NO_READINGS|WARNING: ([A-Z0-9_]+(?:, [A-Z0-9_]+)*))\]")
 
 
 def parse_tag(text: str) -> tuple[list[str] | None, str]:
-    """Leading `[NORMAL]` / `[WARNING: ...]` of an answer -> (codes, rest); (None, text) if absent."""
+    """Leading tag of an answer -> (codes, rest): [] for NORMAL, [NO_READINGS], the codes; (None, text) if absent."""
     m = _TAG_RE.match(text)
     if not m:
         return None, text.strip()
-    codes = m.group(2).split(", ") if m.group(2) else []
+    codes = m.group(2).split(", ") if m.group(2) else ([NO_READINGS] if m.group(1) == NO_READINGS else [])
     return codes, text[m.end():].strip()
 
 

@@ -26,8 +26,9 @@ from importlib import resources
 
 import yaml
 
+from farmslm.domain.lang import LANGS, check_lang
+
 CATEGORIES = ("disease", "pest", "nutrient", "environment", "equipment", "practice")
-LANGS = ("en", "ko")
 
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _LETTER = re.compile(r"[A-Za-z\uac00-\ud7a3]")
@@ -141,8 +142,7 @@ def sentences(text: str) -> list[str]:
 
 
 def _check_lang(lang: str) -> None:
-    if lang not in LANGS:
-        raise ValueError(f"lang: got {lang!r}; expected one of {'|'.join(LANGS)}")
+    check_lang(lang)
 
 
 def match_rate(text: str, lang: str) -> float:
@@ -153,6 +153,15 @@ def match_rate(text: str, lang: str) -> float:
         return 0.0
     m = _matcher()
     return sum(1 for s in parts if m.indices(s)) / len(parts)
+
+
+def find_term_ids(text: str) -> list[int]:
+    """Indices (into load_terms()) of the terms a text mentions, in dictionary order."""
+    m = _matcher()
+    found: set[int] = set()
+    for s in sentences(text):
+        found |= m.indices(s)
+    return sorted(found)
 
 
 def find_terms(text: str, lang: str) -> list[str]:

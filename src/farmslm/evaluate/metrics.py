@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-LANGS = ("ko", "en")
+from farmslm.domain.lang import LANGS
 
 
 @lru_cache(maxsize=1)

@@ -7,10 +7,24 @@ Example: perplexity(model, Tokenizer("runs/quick/prune/tokenizer.gguf"), ["í† ë§
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+
+
+def batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded (input_ids, attention_mask) batches, longest first so padding stays small."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = [ids[i] for i in order[start:start + batch_size]]
+        width = max(len(c) for c in chunk)
+        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, c in enumerate(chunk):
+            x[row, :len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[row, :len(c)] = 1
+        yield x, mask
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
@@ -22,8 +36,6 @@ def encode_texts(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int
 @torch.no_grad()
 def nll_ids(model: nn.Module, ids: Sequence[Sequence[int]], batch_size: int = 8) -> tuple[float, int]:
     """Summed next-token NLL (nats) and the number of predicted tokens."""
-    from farmslm.model.prune import batches
-
     total, count = 0.0, 0
     for x, mask in batches(ids, batch_size):
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()

@@ -2,7 +2,7 @@
 
 model dir + data dir (+ teacher) -> out dir with one training run per variant (`runs/<name>/`),
 `results.json`, `results.md` (the table) and `results.png`. Every variant trains with the same
-train config (steps, samples, seed); only the compared knob changes. Each is scored on the test
+train config (steps, samples, seed); only the compared knob changes. Each is scored on the validation
 split: answer perplexity (teacher-forced), BLEU / ROUGE-L of the generated answer, and exact-set
 accuracy of the `[WARNING: ...]` / `[NORMAL]` tag the model writes itself (greedy, no help).
 BitFit is not compared: Gemma has no bias terms, so it has nothing to train.
@@ -32,10 +32,10 @@ class ExperimentConfig:
     ranks: list[int] = field(default_factory=lambda: [4, 8, 16, 32])  # LoRA ranks of the sweep (alpha = 2r)
     methods: list[str] = field(default_factory=lambda: ["lora", "dora", "ln_tuning"])  # PEFT methods compared
     ln_tuning_lr: float = 1e-3  # LayerNorm-tuning trains ~10k scales: it needs a larger step than LoRA
-    test_samples: int = 48  # test rows (seeded draw) scored per variant
+    eval_samples: int = 48  # validation rows (seeded draw) scored per variant; the test split is the report's
     max_new_tokens: int = 64  # generated answer length cap
     gen_batch: int = 8  # prompts generated together (left-padded)
-    seed: int = 0  # test-row draw
+    seed: int = 0  # validation-row draw
 
 
 def variants(kind: str, cfg: ExperimentConfig, train_cfg: TrainConfig) -> dict[str, TrainConfig]:
@@ -69,29 +69,32 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: i
 
 
 def score(model, tokenizer, rows: list[dict], cfg: ExperimentConfig, max_seq_len: int = 256) -> dict:
-    """Answer perplexity, BLEU / ROUGE-L / chrF and tag accuracy of `model` on the test rows."""
+    """Answer perplexity, BLEU / ROUGE-L / chrF and tag accuracy of `model` on the validation rows."""
     from farmslm.domain.sensors import parse_tag
     from farmslm.evaluate import metrics
-    from farmslm.model import train
+    from farmslm.model import samples, train
 
     model.eval()
     started = time.time()
-    examples = [train.encode_example(tokenizer, r["text"], max_seq_len) for r in rows]
+    encoded = [samples.encode_row(tokenizer, r, max_seq_len)[0] for r in rows]
     pad = tokenizer.pad_id if tokenizer.pad_id >= 0 else tokenizer.eos_id
-    loss = train.eval_loss(model, examples, pad_id=pad)
-    prompts = [train.split_text(r["text"])[0] for r in rows]
-    texts = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.gen_batch)
-    parsed = [parse_tag(t) for t in texts]
+    loss = train.eval_loss(model, [e for e in encoded if e is not None], pad_id=pad)
     langs = [r["lang"] for r in rows]
-    text = metrics.text_scores([a for _, a in parsed], [r["answer"] for r in rows], langs)
-    tags = metrics.warning_scores([c for c, _ in parsed], [r["warnings"] for r in rows], langs)
+    questions = [samples.split_text(r["text"])[0] for r in rows]
+    # grounded rows: the guarded answer after the prefill; the tag (research figure) from the bare question prompt
+    guarded = [r.get("prefill") or q for r, q in zip(rows, questions)]
+    texts = generate(model, tokenizer, guarded, cfg.max_new_tokens, cfg.gen_batch)
+    answers = [t if r.get("prefill") else parse_tag(t)[1] for r, t in zip(rows, texts)]
+    tag_texts = generate(model, tokenizer, questions, 24, cfg.gen_batch) if any(r.get("prefill") for r in rows) else texts
+    text = metrics.text_scores(answers, [r["answer"] for r in rows], langs)
+    gold = [r["warnings"] or ([] if r.get("sensors") else ["NO_READINGS"]) for r in rows]
+    tags = metrics.warning_scores([parse_tag(t)[0] for t in tag_texts], gold, langs)
     return {"answer_loss": round(loss, 4), "answer_ppl": round(math.exp(loss), 3),
             "bleu": text["all"]["bleu"], "rouge_l": text["all"]["rouge_l"], "chrf": text["all"]["chrf"],
             "rouge_l_ko": text["ko"]["rouge_l"], "rouge_l_en": text["en"]["rouge_l"],
             "tag_acc": tags["accuracy"], "tag_acc_ko": tags["accuracy_ko"], "tag_acc_en": tags["accuracy_en"],
             "tag_rate": tags["tag_rate"], "ko_tokenizer": text["ko_tokenizer"], "eval_s": round(time.time() - started, 1),
-            "samples": [{"id": r.get("id"), "gold": r["text"][len(p):], "pred": t}
-                        for r, p, t in list(zip(rows, prompts, texts))[:6]]}
+            "samples": [{"id": r.get("id"), "gold": r["answer"], "pred": a} for r, a in list(zip(rows, answers))[:6]]}
 
 
 def run(kind: str, cfg: ExperimentConfig, train_cfg: TrainConfig, model_dir: str | Path, data_dir: str | Path,
@@ -100,17 +103,18 @@ def run(kind: str, cfg: ExperimentConfig, train_cfg: TrainConfig, model_dir: str
     import random
 
     from farmslm.model import merge, train
+    from farmslm.model.load import load_trainable
     from farmslm.model.tokenizer import Tokenizer
 
     if kind == "kd" and teacher_dir is None:
         raise ConfigError("--teacher: the KD comparison needs a teacher model dir")
     out_dir, data_dir = Path(out_dir), Path(data_dir)
-    test_path = data_dir / "test.jsonl"
-    if not test_path.exists():
-        raise ConfigError(f"--data: {test_path} does not exist")
-    rows = artifacts.read_jsonl(test_path)
-    if cfg.test_samples and cfg.test_samples < len(rows):
-        rows = random.Random(cfg.seed).sample(rows, cfg.test_samples)
+    val_path = data_dir / "val.jsonl"  # experiments choose settings: the test split stays for the report
+    if not val_path.exists():
+        raise ConfigError(f"--data: {val_path} does not exist")
+    rows = [r for r in artifacts.read_jsonl(val_path) if not r.get("abstain")]
+    if cfg.eval_samples and cfg.eval_samples < len(rows):
+        rows = random.Random(cfg.seed).sample(rows, cfg.eval_samples)
     started = time.time()
     results = []
     for name, vcfg in variants(kind, cfg, train_cfg).items():
@@ -119,13 +123,13 @@ def run(kind: str, cfg: ExperimentConfig, train_cfg: TrainConfig, model_dir: str
         train.run(vcfg, model_dir, data_dir, run_dir, teacher_dir=teacher)
         tmeta = artifacts.read_meta(run_dir)
         eval_path = run_dir / "eval.json"
-        key = {"adapter": artifacts.hash_path(run_dir / "adapter"), "test": [r.get("id") for r in rows],
+        key = {"adapter": artifacts.hash_path(run_dir / "adapter"), "val": [r.get("id") for r in rows],
                "cfg": artifacts.hash_config(cfg)}
         cached = artifacts.read_json(eval_path) if eval_path.exists() else None
         if cached and cached.get("key") == key:
             scores = cached["scores"]
         else:
-            model, tok_path, _ = train.load_model(model_dir, "cpu")
+            model, tok_path, _ = load_trainable(model_dir, "cpu")
             model = merge.merge_adapter(model, run_dir / "adapter")
             scores = score(model, Tokenizer(tok_path), rows, cfg, vcfg.max_seq_len)
             artifacts.write_json(eval_path, {"key": key, "scores": scores})
@@ -137,7 +141,7 @@ def run(kind: str, cfg: ExperimentConfig, train_cfg: TrainConfig, model_dir: str
                         "train_s": m["train_s"], "tok_s": m["tok_s"], "final_loss": m["final_loss"], "final_ce": last.get("ce_plain", last["ce"]),
                         **{k: v for k, v in scores.items() if k != "samples"}})
         log.info("%s: %s", name, {k: results[-1][k] for k in ("answer_ppl", "rouge_l", "tag_acc", "train_s")})
-    artifacts.write_json(out_dir / "results.json", {"kind": kind, "rows": results, "test_rows": len(rows),
+    artifacts.write_json(out_dir / "results.json", {"kind": kind, "rows": results, "val_rows": len(rows),
                                                     "train_config": train_cfg, "config": cfg})
     artifacts.write_text(out_dir / "results.md", table(kind, results, train_cfg, len(rows)))
     plot(kind, results, out_dir / "results.png")
@@ -152,14 +156,14 @@ def _f(v, digits: int = 3) -> str:
 
 
 def table(kind: str, rows: list[dict], train_cfg: TrainConfig, n_test: int) -> str:
-    head = ("| variant | trainable params | steps | train s | tok/s | final train CE | test ppl | BLEU | ROUGE-L "
+    head = ("| variant | trainable params | steps | train s | tok/s | final train CE | val ppl | BLEU | ROUGE-L "
             "| tag acc | tag acc ko | tag acc en |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
         f"| {r['variant']} | {r['trainable_params']:,} | {r['steps']} | {r['train_s']:.0f} | {r['tok_s']:.0f} "
         f"| {_f(r['final_ce'])} | {_f(r['answer_ppl'], 2)} | {_f(r['bleu'])} | {_f(r['rouge_l'])} "
         f"| {_f(r['tag_acc'])} | {_f(r['tag_acc_ko'])} | {_f(r['tag_acc_en'])} |\n" for r in rows)
     length = f"{train_cfg.max_steps} steps" if train_cfg.max_steps else f"{train_cfg.epochs:g} epoch(s)"
-    setup = (f"\n{n_test} test rows; each run: {train_cfg.max_samples or 'all'} train samples, {length} at batch "
+    setup = (f"\n{n_test} validation rows; each run: {train_cfg.max_samples or 'all'} train samples, {length} at batch "
              f"{train_cfg.batch_size}x{train_cfg.grad_accum}, lr {train_cfg.lr}, seq {train_cfg.max_seq_len}, "
              f"tag_weight {train_cfg.tag_weight}, seed {train_cfg.seed}.\n")
     if kind == "kd":
@@ -185,7 +189,7 @@ def plot(kind: str, rows: list[dict], path: Path) -> Path:
         ax2.set_xlabel("LoRA rank")
     else:
         ax1.set_xticks(x, [r["variant"] for r in rows])
-    ax1.set_ylabel("score (test split)")
+    ax1.set_ylabel("score (validation split)")
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.set_ylabel("training time (s)")

@@ -121,3 +121,31 @@ def load_any(spec: str | Path) -> Loaded:
         model, meta = load_model_dir(Path(spec))
         return Loaded(model=model, tokenizer_gguf=Path(spec) / TOKENIZER, arch=meta["arch"], source=str(spec))
     return load_base(spec)
+
+
+def load_trainable(model_dir: str | Path, device: str, qlora: bool = False) -> tuple[torch.nn.Module, Path, dict]:
+    """Our model dir (or a load_base spec) -> (model on device, tokenizer.gguf, meta)."""
+    from farmslm.model.io import TOKENIZER
+
+    if qlora:
+        model, meta = _load_4bit(Path(model_dir))
+        return model, Path(model_dir) / TOKENIZER, meta
+    loaded = load_any(model_dir)
+    return loaded.model.to(device), loaded.tokenizer_gguf, {"arch": loaded.arch}
+
+
+def _load_4bit(path: Path):
+    """QLoRA base: NF4 weights, bf16 compute (bitsandbytes); per-layer FFN widths are not supported here."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from farmslm import artifacts
+    from farmslm.config import ConfigError
+
+    meta = artifacts.read_meta(path)
+    if len(set(meta["ffn_widths"])) > 1:
+        raise ConfigError("qlora: layerwise-pruned models (per-layer FFN widths) cannot be loaded in 4 bit; "
+                          "use qlora: false")
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, device_map={"": 0})
+    return prepare_model_for_kbit_training(model), meta

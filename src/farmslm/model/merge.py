@@ -31,7 +31,7 @@ def merge_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.M
 def run(train_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
     """Fold train_dir/adapter into the base it was trained on (or `base_dir`); write out_dir."""
     from farmslm.model.io import save_model_dir
-    from farmslm.model.train import load_model
+    from farmslm.model.load import load_trainable
 
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     train_meta = artifacts.read_meta(train_dir)
@@ -47,7 +47,7 @@ def run(train_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None 
         log.info("%s: already merged; skipping", out_dir)
         return out_dir
     started = time.time()
-    model, tok, meta = load_model(base_dir, "cpu")
+    model, tok, meta = load_trainable(base_dir, "cpu")
     merged = merge_adapter(model, train_dir / "adapter")
     arch = meta.get("arch") or train_meta.get("arch")
     return save_model_dir(merged, out_dir, tok, arch, "merge", config, inputs,

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from farmslm.evaluate.perplexity import batches, perplexity_ids
 from farmslm.model.io import decoder_layers, ffn_widths, param_count, set_ffn_width
 
 log = logging.getLogger(__name__)
@@ -82,20 +83,6 @@ class Stats:
 
     def dead(self, i: int, dead_activity: float) -> torch.Tensor:
         return self.activity(i) < dead_activity
-
-
-def batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded (input_ids, attention_mask) batches, longest first so padding stays small."""
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = [ids[i] for i in order[start:start + batch_size]]
-        width = max(len(c) for c in chunk)
-        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, c in enumerate(chunk):
-            x[row, :len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[row, :len(c)] = 1
-        yield x, mask
 
 
 @torch.no_grad()
@@ -366,7 +353,6 @@ def prune(model: nn.Module, stats: Stats | None, cfg: PruneConfig) -> list[torch
 def run(cfg: PruneConfig) -> Path:
     """Load the base, calibrate on train.jsonl, prune, gate, save the model dir with meta.json."""
     from farmslm import artifacts
-    from farmslm.evaluate.perplexity import perplexity_ids
     from farmslm.model.io import save_model_dir
     from farmslm.model.tokenizer import Tokenizer
 

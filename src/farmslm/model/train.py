@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from farmslm import artifacts
 from farmslm.config import ConfigError
+from farmslm.model.load import load_trainable
+from farmslm.model.samples import IGNORE, Example, collate, epoch_batches, load_examples
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # label of masked (prompt / padding) positions
-ANSWER_MARK = "\nA:"  # the prompt ends here; everything after it is the answer
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Gemma 3 / Llama / Qwen norm names; Gemma has no biases, so BitFit has nothing to train.
 NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
@@ -54,7 +54,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05  # fraction of steps of linear warm-up before the cosine decay
     weight_decay: float = 0.0  # AdamW weight decay on the adapter
     max_grad_norm: float = 1.0  # gradient clipping
-    max_seq_len: int = 256  # tokens; longer samples are cut (answer tail first)
+    max_seq_len: int = 512  # tokens; longer samples lose their answer tail (counted), a cut tag is dropped
     max_samples: int = 0  # training samples drawn (seeded) from train.jsonl; 0 = all
     tag_drills: int = 0  # more train.jsonl rows (not among those samples) cut right after the tag: prompt +
     # tag, loss on the tag alone. The tag's numeric thresholds need far more examples than the answers
@@ -71,13 +71,6 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     cpu_bf16: bool = False  # on a CPU with native bf16 (AMX / AVX512-BF16): frozen base in bf16, bf16 autocast,
     # fp32 adapter and optimizer (1.12x the fp32 tokens/s here; 1.48x with lora_dropout 0); other CPUs stay fp32
-
-
-@dataclass
-class Example:
-    ids: list[int]  # BOS + prompt + answer + EOS
-    n_prompt: int  # leading tokens that are masked (BOS + prompt)
-    n_tag: int  # answer tokens that spell the tag
 
 
 class Interrupted(Exception):
@@ -98,92 +91,6 @@ def check_config(cfg: TrainConfig, device: str) -> None:
     if cfg.qlora and device != "cuda":
         raise ConfigError("qlora: 4-bit QLoRA needs CUDA and bitsandbytes; on a CPU train plain LoRA "
                           "(qlora: false), which keeps the base in fp32")
-
-
-# ---- data -------------------------------------------------------------------------------------
-
-def split_text(text: str) -> tuple[str, str]:
-    """'Q: ...\\nA: [TAG] answer' -> ('Q: ...\\nA:', ' [TAG] answer'): the prompt exactly as inference sees it."""
-    cut = text.find(ANSWER_MARK)
-    if cut < 0:
-        raise ValueError(f"sample has no {ANSWER_MARK!r}: {text[:60]!r}")
-    cut += len(ANSWER_MARK)
-    return text[:cut], text[cut:]
-
-
-def _tag_tokens(tokenizer, answer_ids: list[int]) -> int:
-    """Number of leading answer tokens whose text closes the tag's ']'."""
-    for k in range(1, min(len(answer_ids), 48) + 1):
-        if "]" in tokenizer.decode(answer_ids[:k]):
-            return k
-    return 0
-
-
-def encode_example(tokenizer, text: str, max_seq_len: int, tag_only: bool = False) -> Example:
-    """Prompt and answer are tokenized apart: the prompt's ids are what llama.cpp sees at inference.
-
-    tag_only: the answer is cut after the tag (a tag drill; no EOS, the answer is not learnt).
-    """
-    prompt, answer = split_text(text)
-    p_ids = tokenizer.encode(prompt, add_bos=True)
-    a_ids = tokenizer.encode(answer, add_bos=False) + [tokenizer.eos_id]
-    n_tag = _tag_tokens(tokenizer, a_ids)
-    if tag_only:
-        a_ids = a_ids[:n_tag]
-    ids = (p_ids + a_ids)[:max_seq_len]
-    return Example(ids=ids, n_prompt=len(p_ids), n_tag=n_tag)
-
-
-def labels_and_weights(ex: Example, tag_weight: float) -> tuple[list[int], list[float]]:
-    """Per position: the target id (IGNORE on the prompt) and its CE weight (tag_weight on the tag)."""
-    labels = [IGNORE] * ex.n_prompt + ex.ids[ex.n_prompt:]
-    weights = [0.0] * ex.n_prompt + [tag_weight if i < ex.n_tag else 1.0 for i in range(len(ex.ids) - ex.n_prompt)]
-    return labels[:len(ex.ids)], weights[:len(ex.ids)]
-
-
-def epoch_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Length-bucketed batches: shuffle, sort by length inside chunks of 32 batches, shuffle the batches.
-
-    Padding then costs little CPU time while the order stays random and seeded per epoch.
-    """
-    rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(len(examples)))
-    rng.shuffle(order)
-    chunk = 32 * batch_size
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: len(examples[i].ids))
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(examples: list[Example], tag_weight: float, pad_id: int) -> dict[str, torch.Tensor]:
-    n = max(len(e.ids) for e in examples)
-    ids, mask, labels, weights, tag = [], [], [], [], []
-    for e in examples:
-        lab, w = labels_and_weights(e, tag_weight)
-        pad = n - len(e.ids)
-        ids.append(e.ids + [pad_id] * pad)
-        mask.append([1] * len(e.ids) + [0] * pad)
-        labels.append(lab + [IGNORE] * pad)
-        weights.append(w + [0.0] * pad)
-        tag.append([e.n_prompt <= i < e.n_prompt + e.n_tag for i in range(n)])
-    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
-            "labels": torch.tensor(labels), "weights": torch.tensor(weights), "tag": torch.tensor(tag)}
-
-
-def load_examples(path: Path, tokenizer, cfg: TrainConfig, limit: int, drills: int = 0) -> list[Example]:
-    """`limit` full samples (0 = all rows) and then up to `drills` tag drills from the rows left over."""
-    rows = artifacts.read_jsonl(path)
-    if limit and limit < len(rows):
-        order = random.Random(cfg.seed).sample(range(len(rows)), len(rows))
-        rest = [rows[i] for i in order[limit:limit + drills]]
-        rows = [rows[i] for i in order[:limit]]  # the same draw as random.sample(rows, limit)
-    else:
-        rest = []
-    return ([encode_example(tokenizer, r["text"], cfg.max_seq_len) for r in rows]
-            + [encode_example(tokenizer, r["text"], cfg.max_seq_len, tag_only=True) for r in rest])
 
 
 # ---- loss ---------------------------------------------------------------------------------------
@@ -322,7 +229,7 @@ def n_steps(n_examples: int, cfg: TrainConfig) -> int:
 
 def train_loop(model, examples: list[Example], cfg: TrainConfig, out_dir: Path, teacher=None,
                resume: bool = False, pad_id: int = 0,
-               on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
+               on_step: Callable[[int, dict], None] | None = None, key: dict | None = None) -> list[dict]:
     """Optimise the adapter of `model` (peft-wrapped) in place; returns the log rows, one per step.
 
     A checkpoint (trainable weights, optimizer, schedule, RNG, log) is written every `save_steps`;
@@ -341,9 +248,8 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, out_dir: Path, 
     step, rows = 0, []
     torch.manual_seed(cfg.seed)
     ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
-    if ckpt is not None and ckpt.get("config_hash") != artifacts.hash_config(cfg):
-        log.warning("%s was written with another config; starting over", ckpt_path)
-        ckpt = None
+    if ckpt is not None:
+        check_resume(ckpt.get("key", {}), key or {"config": artifacts.hash_config(cfg)}, ckpt_path)
     if ckpt is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -399,16 +305,30 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, out_dir: Path, 
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_done / (time.time() - started):.0f}")
         if rank == 0 and (step % cfg.save_steps == 0 or step == total):
-            _save_checkpoint(ckpt_path, model, opt, sched, step, rows, artifacts.hash_config(cfg))
+            _save_checkpoint(ckpt_path, model, opt, sched, step, rows,
+                             key or {"config": artifacts.hash_config(cfg)})
         if on_step is not None:
             on_step(step, row)
     bar.close()
     return rows
 
 
-def _save_checkpoint(path: Path, model, opt, sched, step: int, rows: list[dict], config_hash: str) -> None:
+class ResumeMismatch(ConfigError):
+    """A checkpoint from another run (data, base, teacher, config or code): resuming would mix two runs."""
+
+
+def check_resume(saved: dict, wanted: dict, path: Path) -> None:
+    """Raise ResumeMismatch naming every part of the run key that differs from the checkpoint's."""
+    diff = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    if diff:
+        raise ResumeMismatch(f"--resume: {path} was written by another run ({', '.join(diff)} differ: "
+                             + "; ".join(f"{k} {saved.get(k)} vs {wanted.get(k)}" for k in diff)
+                             + f"); delete {path.parent} to start over, or train into a new --out")
+
+
+def _save_checkpoint(path: Path, model, opt, sched, step: int, rows: list[dict], key: dict) -> None:
     state = {"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "rng": torch.get_rng_state(), "step": step, "log": rows, "config_hash": config_hash}
+             "rng": torch.get_rng_state(), "step": step, "log": rows, "key": key}
     with artifacts.atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -449,32 +369,6 @@ def plot_loss(rows: list[dict], path: Path) -> Path:
 
 # ---- stage --------------------------------------------------------------------------------------
 
-def load_model(model_dir: str | Path, device: str, qlora: bool = False) -> tuple[torch.nn.Module, Path, dict]:
-    """Our model dir (or a load_base spec) -> (model on device, tokenizer.gguf, meta)."""
-    from farmslm.model.io import TOKENIZER
-    from farmslm.model.load import load_any
-
-    if qlora:
-        model, meta = _load_4bit(Path(model_dir))
-        return model, Path(model_dir) / TOKENIZER, meta
-    loaded = load_any(model_dir)
-    return loaded.model.to(device), loaded.tokenizer_gguf, {"arch": loaded.arch}
-
-
-def _load_4bit(path: Path):
-    """QLoRA base: NF4 weights, bf16 compute (bitsandbytes); per-layer FFN widths are not supported here."""
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    meta = artifacts.read_meta(path)
-    if len(set(meta["ffn_widths"])) > 1:
-        raise ConfigError("qlora: layerwise-pruned models (per-layer FFN widths) cannot be loaded in 4 bit; "
-                          "use qlora: false")
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, device_map={"": 0})
-    return prepare_model_for_kbit_training(model), meta
-
-
 def run(cfg: TrainConfig, model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         teacher_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Train an adapter on data_dir/train.jsonl; write out_dir (adapter, log, plot, meta)."""
@@ -489,41 +383,52 @@ def run(cfg: TrainConfig, model_dir: str | Path, data_dir: str | Path, out_dir: 
     train_path = data_dir / "train.jsonl"
     if not train_path.exists():
         raise ConfigError(f"--data: {train_path} does not exist; build it with `farmslm data build --out {data_dir}`")
-    inputs = {"model": artifacts.hash_path(model_dir), "data": artifacts.hash_path(train_path)}
-    if teacher_dir is not None:
-        inputs["teacher"] = artifacts.hash_path(teacher_dir)
+    inputs = run_inputs(model_dir, train_path, teacher_dir)
     if artifacts.is_done(out_dir, cfg, inputs):
         log.info("%s: already trained with this config and inputs; skipping", out_dir)
         return out_dir
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.time()
-    model, tok_path, meta = load_model(model_dir, device, cfg.qlora)
+    model, tok_path, meta = load_trainable(model_dir, device, cfg.qlora)
     teacher = None
     if teacher_dir is not None:
         if cfg.teacher_correction:
             teacher_dir = _correct_teacher(cfg, Path(teacher_dir), data_dir, out_dir / "teacher")
-        teacher, t_tok, _ = load_model(teacher_dir, device)
+        teacher, t_tok, _ = load_trainable(teacher_dir, device)
         check_same_vocab(tok_path, t_tok, model, teacher)
         teacher.eval().requires_grad_(False)
         use_cpu_bf16(teacher, cfg)
     tokenizer = Tokenizer(tok_path)
-    examples = load_examples(train_path, tokenizer, cfg, cfg.max_samples, cfg.tag_drills)
+    encoded = load_examples(train_path, tokenizer, cfg.max_seq_len, cfg.max_samples, cfg.seed, cfg.tag_drills)
+    examples = encoded.examples
+    if not examples:
+        raise ConfigError(f"max_seq_len: no training sample fits in {cfg.max_seq_len} tokens "
+                          f"({len(encoded.dropped)} dropped, e.g. {encoded.dropped[0]['reason'] if encoded.dropped else '-'})")
+    if encoded.dropped:
+        artifacts.write_jsonl(out_dir / "quarantine.jsonl", encoded.dropped)
+        log.warning("%d samples not trained on (reasons in %s)", len(encoded.dropped), out_dir / "quarantine.jsonl")
+    if encoded.truncated:
+        log.warning("%d of %d samples lose their answer tail at max_seq_len %d", encoded.truncated, len(examples),
+                    cfg.max_seq_len)
     val_path = data_dir / "val.jsonl"
-    val = load_examples(val_path, tokenizer, cfg, cfg.val_samples) if cfg.val_samples and val_path.exists() else []
+    val = load_examples(val_path, tokenizer, cfg.max_seq_len, cfg.val_samples, cfg.seed).examples \
+        if cfg.val_samples and val_path.exists() else []
     model = add_adapter(model, cfg)
     precision = "bf16" if device == "cuda" or has_bf16(model) else "fp32"
     log.info("training %d trainable params (%s) on %d samples, %d steps, %s", n_trainable(model), cfg.method,
              len(examples), n_steps(len(examples), cfg), f"{device} {precision}")
     pad_id = tokenizer.pad_id if tokenizer.pad_id >= 0 else tokenizer.eos_id
-    rows = train_loop(model, examples, cfg, out_dir, teacher, resume, pad_id)
+    key = {"config": artifacts.hash_config(cfg), **inputs}
+    rows = train_loop(model, examples, cfg, out_dir, teacher, resume, pad_id, key=key)
     if rank > 0:  # the main process writes the outputs
         return out_dir
     model.save_pretrained(out_dir / "adapter")
     artifacts.write_jsonl(out_dir / "train_log.jsonl", rows)
     plot_loss(rows, out_dir / "loss.png")
     train_s = sum(r["step_s"] for r in rows)
-    metrics = {"steps": len(rows), "samples": len(examples), "trainable_params": n_trainable(model),
+    metrics = {"steps": len(rows), "samples": len(examples), "samples_truncated": encoded.truncated,
+               "samples_dropped": len(encoded.dropped), "trainable_params": n_trainable(model),
                "final_loss": rows[-1]["loss"], "train_s": round(train_s, 1),
                "tok_s": round(sum(r["tokens"] for r in rows) / max(train_s, 1e-9), 1), "device": device,
                "precision": precision}
@@ -534,6 +439,15 @@ def run(cfg: TrainConfig, model_dir: str | Path, data_dir: str | Path, out_dir: 
     artifacts.write_meta(out_dir, "train", cfg, inputs, metrics, started, base_model=str(Path(model_dir).resolve()),
                          teacher=str(Path(teacher_dir).resolve()) if teacher_dir else None, arch=meta.get("arch"))
     return out_dir
+
+
+def run_inputs(model_dir: str | Path, train_path: Path, teacher_dir: str | Path | None) -> dict[str, str]:
+    """What a training run depends on besides its config: base, data, teacher and the code that trains."""
+    inputs = {"model": artifacts.hash_path(model_dir), "data": artifacts.hash_path(train_path),
+              "code": artifacts.code_hash("farmslm.model.train")}
+    if teacher_dir is not None:
+        inputs["teacher"] = artifacts.hash_path(teacher_dir)
+    return inputs
 
 
 def check_same_vocab(student_tok: Path, teacher_tok: Path, student, teacher) -> None:

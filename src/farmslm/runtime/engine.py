@@ -1,8 +1,13 @@
-"""llama.cpp runtime: prompt, generate (streaming), parse or prefill the warning tag, timings.
+"""llama.cpp runtime: the grounded, guarded answer; streaming; the unguarded research mode; timings.
 
-(GGUF, readings, question) -> Answer(warnings, answer, tag_source, timings).
-Guarded (default): the rule engine's tag is written after "A:" and the model writes only the answer,
-so the warnings always come from the readings. Unguarded: the model writes the tag and we parse it.
+(GGUF [+ its knowledge index sidecar], readings judgement, question) -> Answer:
+1. the rule engine's tag and sentences (domain.explain) open every answer, from the readings alone;
+2. the knowledge index (GGUF metadata `farmslm.prompt_format` >= 2: `<model>.knowledge.json` beside the
+   GGUF) retrieves the facts for the question; when they do not answer it, or the question is not about
+   growing tomatoes (domain.abstain), the answer says so and names who to ask, and no text is generated;
+3. otherwise the model continues the prompt `Q: [STATUS] [FACTS] question\nA: [TAG] <rule sentences>`.
+Models without a prompt format (wave-1 builds, the stock file) keep the old prompt: `Q: [STATUS] q\nA: [TAG]`.
+Unguarded (evaluation only): the model writes the tag itself and we parse it.
 
 Example: farmslm ask --model model.gguf --sensors '{"temp_c": 36, "period": "day"}' "Is it too hot?"
 """
@@ -10,6 +15,7 @@ Example: farmslm ask --model model.gguf --sensors '{"temp_c": 36, "period": "day
 from __future__ import annotations
 
 import codecs
+import logging
 import math
 import os
 import re
@@ -21,6 +27,8 @@ from typing import Callable, Iterator
 
 from farmslm.domain.sensors import Readings, format_prompt, format_sample, format_tag, parse_tag
 
+log = logging.getLogger("farmslm.engine")
+
 STOP = ("\nQ:",)  # the next sample starts: the answer is over
 # llama.cpp repetition penalty over the last 64 generated tokens (prompt tokens are not counted).
 # Measured on the quick build's fine-tuned Q4_K_M, 30 validation answers, greedy: degeneration rate
@@ -28,7 +36,8 @@ STOP = ("\nQ:",)  # the next sample starts: the answer is over
 # (0.25) at 1.0 and 1.1.
 REPEAT_PENALTY = 1.1
 MAX_QUESTION_CHARS = 500
-_FORGED_TAG_RE = re.compile(r"\[\s*(STATUS|WARNING|NORMAL)\b[^\]]*\]?", re.IGNORECASE)
+_FORGED_TAG_RE = re.compile(r"\[\s*(STATUS|WARNING|NORMAL|NO_READINGS|FACTS)\b[^\]]*\]?", re.IGNORECASE)
+K_FACTS = 2  # facts retrieved into a grounded prompt (as in training: dataset.synth.K_FACTS)
 _TAG_HOLD_CHARS = 160  # unguarded streaming: text held back until the model's tag is complete
 
 
@@ -54,14 +63,28 @@ class Timings:
 @dataclass
 class Answer:
     warnings: list[str]
-    answer: str
+    answer: str  # what the grower reads: the rule sentences, then the model's (or the abstaining) text
     tag_source: str  # "rules": prefilled from the rule engine; "model": written by the model
     timings: Timings = field(default_factory=Timings)
     tag_found: bool = True  # unguarded: False when the model wrote no parsable tag (warnings is then [])
+    model_text: str = ""  # the part the model wrote (or the abstaining sentence): what faithfulness scores
+    rule_text: str = ""  # the rule engine's sentences (guarded)
+    tag: str = ""  # [WARNING: ...] | [NORMAL] | [NO_READINGS]
+    lang: str = "en"
+    sources: list[dict] = field(default_factory=list)  # prompt facts the answer carries: {id, source, url}
+    retrieved: list[dict] = field(default_factory=list)  # every fact put in the prompt: {id, score}
+    abstained: bool = False
+    abstain_reason: str = ""  # not_in_knowledge | out_of_domain | ignore_request | model (the model declined)
+    readings: dict = field(default_factory=dict)
+    assumptions: list[dict] = field(default_factory=list)
+    not_judged: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"warnings": self.warnings, "answer": self.answer, "tag_source": self.tag_source,
-                "timings": asdict(self.timings)}
+                "tag": self.tag, "lang": self.lang, "sources": self.sources, "retrieved": self.retrieved,
+                "abstained": self.abstained, "abstain_reason": self.abstain_reason or None,
+                "readings": self.readings, "assumptions": self.assumptions, "not_judged": self.not_judged,
+                "model_text": self.model_text, "timings": asdict(self.timings)}
 
 
 def clean_question(question: str, max_chars: int = MAX_QUESTION_CHARS) -> str:
@@ -165,11 +188,12 @@ def load_llama(path: Path, extra_bufts: bool | None, **kwargs):
 
 
 class Engine:
-    """One loaded GGUF. Not thread-safe: callers serialise (the server runs one worker thread)."""
+    """One loaded GGUF (+ its knowledge index). Not thread-safe: callers serialise (the server's worker)."""
 
     def __init__(self, model_path: str | Path, n_threads: int | None = None, n_ctx: int = 1024,
                  few_shot: str = "", seed: int = 0, extra_bufts: bool | None = None,
-                 repeat_penalty: float = REPEAT_PENALTY):
+                 repeat_penalty: float = REPEAT_PENALTY, index_path: str | Path | None = None,
+                 contact: dict | None = None):
         passive_omp()
         from llama_cpp import llama_vocab_is_eog
 
@@ -181,6 +205,7 @@ class Engine:
         self.n_ctx = n_ctx
         self.extra_bufts = extra_bufts
         self.repeat_penalty = check_repeat_penalty(repeat_penalty)
+        self.contact = dict(contact or {})
         n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
         try:
             self.llm = load_llama(path, extra_bufts, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx),
@@ -189,38 +214,133 @@ class Engine:
             raise InputError("model", f"{path} could not be loaded by llama.cpp ({exc})") from None
         vocab = self.llm._model.vocab
         self._is_eog = lambda token: bool(llama_vocab_is_eog(vocab, token))
-        self.name = str(self.llm.metadata.get("general.name") or path.stem)
+        meta = self.llm.metadata
+        self.name = str(meta.get("general.name") or path.stem)
+        self.prompt_format = int(meta.get("farmslm.prompt_format", 1) or 1)
+        self.index = None
+        self.index_note = ""
+        if self.prompt_format >= 2:
+            from farmslm.domain import retrieve
+
+            index_path = Path(index_path) if index_path else sidecar_path(path)
+            if not index_path.is_file():
+                raise InputError("model", f"{path} answers from a knowledge index, but {index_path} is missing; "
+                                          f"rebuild it with `farmslm index --out {index_path}`")
+            try:
+                self.index = retrieve.load(index_path)
+            except ValueError as exc:
+                raise InputError("model", str(exc)) from None
+            trained = str(meta.get("farmslm.knowledge_hash", ""))
+            if trained and trained != self.index.knowledge_hash:
+                self.index_note = (f"knowledge index {self.index.knowledge_hash} differs from the one the model was "
+                                   f"trained with ({trained}): facts were added or changed after the build")
+                log.info(self.index_note)
 
     def close(self) -> None:
         self.llm.close()
 
-    def prompt(self, question: str, readings: Readings | None, tag: str | None) -> str:
-        text = self.few_shot + format_prompt(readings, question)
+    def prompt(self, question: str, readings: Readings | None, tag: str | None, facts: list[dict] | None = None,
+               lang: str = "en") -> str:
+        """The text fed to llama.cpp: format 2 with the facts and (guarded) the tag + rule sentences."""
+        from farmslm.domain.prompt import question_prompt
+
+        text = self.few_shot + (question_prompt(readings, question, facts, lang, self.prompt_format)
+                                if self.prompt_format >= 2 else format_prompt(readings, question))
         return text + " " + tag if tag is not None else text
+
+    def retrieve(self, question: str, lang: str) -> tuple[list, dict]:
+        """(hits, abstention decision) for a grounded model; ([], no abstention) for a format-1 model."""
+        from farmslm.domain import abstain
+
+        if self.index is None:
+            return [], {"abstain": False, "reason": "", "p": None}
+        hits = self.index.search(question, lang, K_FACTS)
+        return hits, abstain.decide(question, lang, hits, self.index)
 
     def ask(self, question: str, readings: Readings | None = None, guard: bool = True, max_tokens: int = 128,
             temperature: float = 0.0, on_piece: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, repeat_penalty: float | None = None) -> Answer:
-        """Answer one question; on_piece(text) receives the answer as it is generated.
+            should_stop: Callable[[], bool] | None = None, repeat_penalty: float | None = None,
+            lang: str | None = None, judgement=None, stale_after_s: float | None = None,
+            tag_only: bool = False) -> Answer:
+        """Answer one question; on_piece(text) receives the answer as it is made (rule sentences first).
 
+        readings: validated readings (their period filled in, or judged as day with an assumption), or
+        pass `judgement` (domain.judge) to carry the caller's assumptions and skipped rules.
+        lang: en | ko; None = detected from the question (Hangul -> ko).
         should_stop() is polled once per token (timeouts, client gone); the answer so far is kept.
+        tag_only (unguarded, evaluation): stop as soon as the model's tag is complete.
         """
-        from farmslm.domain import rules
+        from farmslm.domain import abstain, explain, judge
+        from farmslm.domain.lang import check_lang, detect_lang
 
         question = clean_question(question)
+        lang = check_lang(lang) if lang else detect_lang(question)
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
             raise InputError("max_tokens", f"got {max_tokens!r}; expected an integer in [1, 4096]")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and 0 <= temperature <= 2):
             raise InputError("temperature", f"got {temperature!r}; expected a number in [0, 2]")
         penalty = self.repeat_penalty if repeat_penalty is None else check_repeat_penalty(repeat_penalty)
-        codes = rules.evaluate(readings) if readings else []
-        tag = format_tag(codes) if guard else None
-        tokens = self.llm.tokenize(self.prompt(question, readings, tag).encode("utf-8"), add_bos=True)
+        if judgement is None and readings:
+            judgement = judge.judge(readings)
+        shown = judgement.readings if judgement else None
+        codes = judgement.warnings if judgement else []
+        not_judged = judgement.not_judged if judgement else []
+        tag = explain.tag_for(shown, codes)
+        rule_text = explain.rule_text(shown, lang, codes, not_judged, stale_after_s) if guard else ""
+        hits, decision = self.retrieve(question, lang)
+        facts = [self.index.by_id[h.fact_id] for h in hits] if self.index is not None else []
+        result = Answer(codes, "", "rules" if guard else "model", Timings(stop="eos"), tag=tag, lang=lang,
+                        rule_text=rule_text, readings=dict(shown or {}),
+                        assumptions=list(judgement.assumptions) if judgement else [], not_judged=list(not_judged),
+                        retrieved=[{"id": h.fact_id, "score": h.score} for h in hits])
+        if self.index_note:
+            result.assumptions.append({"field": "knowledge", "value": self.index.knowledge_hash, "basis": "index",
+                                       "en": self.index_note, "ko": "모델 학습 이후 지식 베이스가 바뀌었습니다"})
+        if guard and decision["abstain"]:  # nothing is generated: the rule sentences and the abstaining one
+            result.model_text = abstain.abstain_text(lang, decision["reason"], self.contact)
+            result.abstained, result.abstain_reason = True, decision["reason"]
+            result.answer = " ".join(p for p in (rule_text, result.model_text) if p)
+            if on_piece is not None:
+                on_piece(result.answer)
+            return result
+        if guard and on_piece is not None and rule_text:
+            on_piece(rule_text + " ")
+        prefill = (tag + (" " + rule_text if self.prompt_format >= 2 else "")) if guard else None
+        text, model_codes, t = self._generate(self.prompt(question, shown, prefill, facts, lang), guard, max_tokens,
+                                              temperature, penalty, on_piece, should_stop, tag_only and not guard)
+        result.timings, result.model_text = t, text
+        if guard:
+            result.answer = " ".join(p for p in (rule_text, text) if p)
+        else:
+            result.warnings, result.tag_found, result.answer = model_codes or [], model_codes is not None, text
+            result.tag = format_tag(model_codes) if model_codes is not None else ""
+        if abstain.is_abstention(text):
+            result.abstained, result.abstain_reason = True, "model"
+        result.sources = self.cite(text, facts, lang)
+        return result
+
+    def cite(self, text: str, facts: list[dict], lang: str) -> list[dict]:
+        """The prompt's facts whose numbers or distinctive words the answer carries, with their sources."""
+        from farmslm.domain.retrieve import carried
+
+        out = []
+        for f in facts:
+            if carried(text, f, lang, self.index.analyzer if self.index else "mecab"):
+                src = [self.index.sources.get(s, {}) for s in f.get("source", [])] if self.index else []
+                out.append({"id": f["id"], "source": "; ".join(f"{s.get('publisher', '')}: {s.get('title', '')}"
+                                                               .strip(": ") for s in src),
+                            "url": f.get("url") or next((s.get("url") for s in src if s.get("url")), "")})
+        return out
+
+    def _generate(self, prompt: str, guard: bool, max_tokens: int, temperature: float, penalty: float,
+                  on_piece: Callable[[str], None] | None, should_stop: Callable[[], bool] | None,
+                  tag_only: bool = False):
+        """Generate after the prompt -> (text, the model's codes when unguarded, Timings)."""
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True)
         room = self.n_ctx - len(tokens)
         if room < 1:
             raise InputError("question", f"prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
         max_tokens = min(max_tokens, room)
-
         t = Timings(prompt_tokens=len(tokens), stop="length")
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, sent, streamed = "", 0, False  # generated text; how much of it went to on_piece
@@ -255,7 +375,7 @@ class Engine:
                     if on_piece is not None:
                         on_piece(text[sent:safe])
                     sent, streamed = safe, True
-            if cut >= 0 or t.gen_tokens >= max_tokens:
+            if cut >= 0 or t.gen_tokens >= max_tokens or (tag_only and "]" in text):
                 break
             if should_stop is not None and should_stop():
                 t.stop = "cancelled"
@@ -273,12 +393,10 @@ class Engine:
         t.gen_ms = round((t_last - t_first) * 1000, 1)
         t.total_ms = round((end - t0) * 1000, 1)
         t.tok_s = round((t.gen_tokens - 1) / (t_last - t_first), 1) if t.gen_tokens > 1 and t_last > t_first else 0.0
-        if guard:
-            return Answer(codes, answer, "rules", t)
-        return Answer(model_codes or [], answer, "model", t, tag_found=model_codes is not None)
+        return answer, model_codes, t
 
     def stream(self, question: str, readings: Readings | None = None, guard: bool = True,
-               max_tokens: int = 128, temperature: float = 0.0) -> Iterator[str]:
+               max_tokens: int = 128, temperature: float = 0.0, **kwargs) -> Iterator[str]:
         """Yield the answer text piece by piece (runs the generation in this thread)."""
         import queue
 
@@ -290,7 +408,7 @@ class Engine:
         def work() -> None:
             try:
                 self.ask(question, readings, guard, max_tokens, temperature, on_piece=pieces.put,
-                         should_stop=stop.is_set)
+                         should_stop=stop.is_set, **kwargs)
             except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
             finally:
@@ -331,6 +449,11 @@ class Engine:
         if count == 0:
             raise InputError("texts", "no text with at least 2 tokens to score")
         return math.exp(nll / count)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """model.gguf -> model.knowledge.json: the knowledge index ships beside the model."""
+    return Path(model_path).with_suffix(".knowledge.json")
 
 
 def resolve_model(spec: str | Path) -> Path:

@@ -1,9 +1,14 @@
 """HTTP server: the sensor-aware assistant API, an OpenAI-compatible facade, metrics, and the page.
 
-POST /v1/ask {question, sensors?, zone?, lang?: en|ko, stream?, max_tokens?}
-    -> {warnings, messages, answer, tag_source, timings, sensors: {source: request|feed|none, zone,
-       used, age_s, stale}}; stream: SSE events meta (warnings first), token {text}..., done | error.
-    Without `sensors` the zone's live MQTT readings are used; stale ones are listed, never used.
+POST /v1/ask {question, sensors?, zone?, lang?: en|ko (default: the question's), stream?, max_tokens?}
+    -> {warnings, answer, tag_source, tag, sources: [{id, source, url}], retrieved, abstained, readings,
+       assumptions, not_judged, timings, messages, lang, sensors: {source: request|feed|none, zone, used,
+       age_s, stale}}; the answer opens with the rule engine's sentences, then the grounded text (or the
+       abstaining one). stream: SSE events meta (warnings first), token {text}..., done (the whole result,
+       sources included) | error. Without `sensors` the zone's fresh MQTT readings are used (a rule over
+       several sensors only on readings close in time); none fresh -> [NO_READINGS], never [NORMAL].
+    A missing period is inferred (clock, then light) and listed in `assumptions`.
+    A client that goes away stops the generation (streaming or not).
 POST /v1/chat/completions, GET /v1/models: OpenAI-compatible (stream too). Readings ride along as
     extra fields: openai client `extra_body={"sensors": {...}}` or `{"zone": "gh1"}` (live feed).
     The reply starts with the warning lines; `farmslm` in the response carries warnings and timings.
@@ -33,8 +38,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from farmslm.domain import rules
-from farmslm.domain.sensors import NUMERIC, SensorError, validate
+from datetime import datetime
+
+from farmslm.domain import explain, rules
+from farmslm.domain.judge import JudgeConfig, judge
+from farmslm.domain.lang import detect_lang
+from farmslm.domain.sensors import NUMERIC, SensorError
 from farmslm.runtime.engine import Answer, InputError, clean_question
 from farmslm.serve.config import ZONE_RE, ServeConfig
 from farmslm.serve.feed import SensorFeed
@@ -55,7 +64,7 @@ class AskRequest(BaseModel):
     question: str
     sensors: dict[str, Any] | None = None  # readings; omitted = the zone's live feed
     zone: str | None = None
-    lang: Literal["en", "ko"] = "en"
+    lang: Literal["en", "ko"] | None = None
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
 
@@ -82,7 +91,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     sensors: dict[str, Any] | None = None
     zone: str | None = None
-    lang: Literal["en", "ko"] = "en"
+    lang: Literal["en", "ko"] | None = None
 
 
 def _error(status: int, param: str | None, message: str, headers: dict | None = None) -> JSONResponse:
@@ -114,8 +123,11 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
         def engine_factory():
             from farmslm.runtime.engine import Engine, default_few_shot, resolve_model
             return Engine(resolve_model(cfg.model), n_threads=cfg.n_threads, n_ctx=cfg.n_ctx,
-                          few_shot=default_few_shot() if cfg.few_shot else "", repeat_penalty=cfg.repeat_penalty)
-    worker = ModelWorker(engine_factory, cfg.queue_size, lazy=cfg.lazy_load, idle_unload_s=cfg.idle_unload_s)
+                          few_shot=default_few_shot() if cfg.few_shot else "", repeat_penalty=cfg.repeat_penalty,
+                          contact={"en": cfg.contact_en, "ko": cfg.contact_ko})
+    worker = ModelWorker(engine_factory, cfg.queue_size, lazy=cfg.lazy_load, idle_unload_s=cfg.idle_unload_s,
+                         retry_max_s=cfg.load_retry_max_s)
+    judge_cfg = JudgeConfig(cfg.sunrise, cfg.sunset, window_s=cfg.window_s)
     feed = SensorFeed(cfg.stale_after_s, cfg.mqtt_topic_prefix,
                       on_status=lambda s: metrics.feed_messages.labels(s).inc())
     metrics.queue_depth.set_function(lambda: worker.pending)
@@ -126,7 +138,8 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
     async def lifespan(app: FastAPI):
         worker.start()
         if cfg.mqtt_host:
-            feed.start(cfg.mqtt_host, cfg.mqtt_port, cfg.mqtt_username, cfg.mqtt_password)
+            feed.start(cfg.mqtt_host, cfg.mqtt_port, cfg.mqtt_username, cfg.mqtt_password, cfg.mqtt_tls,
+                       cfg.mqtt_ca_file)
         yield
         feed.stop()
         await worker.close()
@@ -183,26 +196,31 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
             raise ApiError(401, "authorization", "authorization: a valid 'Bearer <api key>' header is required",
                            {"WWW-Authenticate": "Bearer"})
 
-    def resolve_sensors(sensors: dict | None, zone: str | None) -> tuple[dict | None, dict]:
-        """Request readings, else the zone's fresh feed readings; stale ones are reported, never used."""
+    def resolve_sensors(sensors: dict | None, zone: str | None) -> tuple[Any, dict]:
+        """(Judgement | None, info): the request's readings, else the zone's fresh feed readings (stale ones
+        reported, never used; multi-sensor rules only on readings close in time); period inferred if absent."""
         zone = zone or cfg.default_zone
         if not ZONE_RE.match(zone):
             raise ApiError(422, "zone", f"zone: got {zone[:40]!r}; expected 1-32 of A-Z a-z 0-9 _ -")
+        now = datetime.now()
         if sensors is not None:
             try:
-                readings = validate(sensors)
+                j = judge(sensors, at=now, cfg=judge_cfg)
             except SensorError as exc:
                 raise _field_error(exc) from None
-            return readings, {"source": "request", "zone": zone, "used": readings, "age_s": {}, "stale": {}}
+            return j, {"source": "request", "zone": zone, "used": j.readings, "age_s": {}, "stale": {}}
         snap = feed.snapshot(zone)
         if snap["stale"] and cfg.stale_policy == "refuse":
             ages = ", ".join(f"{k} ({v['age_s']:.0f} s old)" for k, v in snap["stale"].items())
             raise ApiError(409, "sensors", f"sensors: stale readings in zone {zone}: {ages}; "
                                            f"send readings in the request or fix the feed")
         fresh = snap["readings"]
-        readings = validate(fresh) if any(k in NUMERIC for k in fresh) else None
-        return readings, {"source": "feed" if readings else "none", "zone": zone, "used": readings or {},
-                          "age_s": snap["age_s"] if readings else {}, "stale": snap["stale"]}
+        if not any(k in NUMERIC for k in fresh):
+            return None, {"source": "none", "zone": zone, "used": {}, "age_s": {}, "stale": snap["stale"]}
+        times = {k: snap["times"][k] for k in fresh}
+        measured_at = datetime.fromtimestamp(max(times.values()))
+        j = judge(fresh, at=measured_at, times=times, cfg=judge_cfg)
+        return j, {"source": "feed", "zone": zone, "used": j.readings, "age_s": snap["age_s"], "stale": snap["stale"]}
 
     def check_question(question: str) -> str:
         try:
@@ -227,11 +245,13 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
             for code in answer.warnings:
                 metrics.warnings.labels(code).inc()
 
-    def start_job(question: str, readings: dict | None, max_tokens: int, temperature: float,
+    def start_job(question: str, judgement, info: dict, lang: str | None, max_tokens: int, temperature: float,
                   on_piece: Callable[[str], None] | None, cancel: threading.Event) -> asyncio.Future:
+        stale_s = cfg.stale_after_s if judgement is None and info["stale"] else None
+
         def job(engine, should_stop):
-            return engine.ask(question, readings, guard=True, max_tokens=max_tokens, temperature=temperature,
-                              on_piece=on_piece, should_stop=should_stop)
+            return engine.ask(question, guard=True, max_tokens=max_tokens, temperature=temperature, lang=lang,
+                              judgement=judgement, stale_after_s=stale_s, on_piece=on_piece, should_stop=should_stop)
         try:
             return worker.submit(job, cfg.request_timeout_s, cancel)
         except Overloaded as exc:
@@ -241,7 +261,17 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
             metrics.overload.labels("unavailable").inc()
             raise ApiError(503, None, f"unavailable: {exc}", _retry()) from None
 
-    async def finish(fut: asyncio.Future) -> Answer:
+    async def finish(fut: asyncio.Future, request: Request | None = None,
+                     cancel: threading.Event | None = None) -> Answer:
+        """Await the answer; a client that disconnects meanwhile cancels the generation."""
+        async def watch() -> None:
+            while not fut.done():
+                if await request.is_disconnected():
+                    cancel.set()
+                    return
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch()) if request is not None and cancel is not None else None
         try:
             return await fut
         except TimedOut as exc:
@@ -250,6 +280,9 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
             raise ApiError(503, None, f"unavailable: {exc}", _retry()) from None
         except InputError as exc:
             raise _field_error(exc) from None
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     def max_tokens_of(requested: int | None) -> int:
         n = requested or cfg.max_tokens
@@ -257,13 +290,13 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
             raise ApiError(422, "max_tokens", f"max_tokens: got {n}; at most {cfg.max_tokens_limit}")
         return n
 
-    def stream_pieces(question, readings, max_tokens, temperature, render: Callable[[str, Any], str | None],
+    def stream_pieces(question, judgement, lang, max_tokens, temperature, render: Callable[[str, Any], str | None],
                       request: Request, info: dict):
         """Admit the job now (so 429 is a real status), then yield render(kind, payload) as SSE."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
-        fut = start_job(question, readings, max_tokens, temperature,
+        fut = start_job(question, judgement, info, lang, max_tokens, temperature,
                         lambda p: loop.call_soon_threadsafe(queue.put_nowait, p), cancel)
         fut.add_done_callback(lambda f: queue.put_nowait(None))
 
@@ -304,8 +337,9 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
                 "feed": {"enabled": bool(cfg.mqtt_host), "connected": feed.connected}}
         if worker.state == "ready" or (worker.state == "unloaded" and (cfg.lazy_load or cfg.idle_unload_s)):
             return body  # unloaded on purpose: it loads on the next request
-        if worker.state == "failed":
-            body["error"] = worker.error
+        if worker.state == "failed":  # the cause is in the server log; a client gets no internals
+            body["error"] = "the model failed to load (details in the server log)"
+            body["retry_in_s"] = worker.retry_in_s()
         return JSONResponse(body, status_code=503, headers=_retry())
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
@@ -321,11 +355,12 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
     @app.post("/v1/rules", dependencies=[Depends(require_key)])
     async def check_rules(body: RulesRequest):
         try:
-            readings = validate(body.sensors)
+            j = judge(body.sensors, at=datetime.now(), cfg=judge_cfg)
         except SensorError as exc:
             raise _field_error(exc) from None
-        codes = rules.evaluate(readings)
-        return {"warnings": codes, "messages": messages(codes, body.lang), "abnormal": abnormal_keys(codes)}
+        return {"warnings": j.warnings, "messages": messages(j.warnings, body.lang), "abnormal": abnormal_keys(j.warnings),
+                "sentences": explain.rule_text(j.readings, body.lang, j.warnings, j.not_judged),
+                "readings": j.readings, "assumptions": j.assumptions, "not_judged": j.not_judged}
 
     @app.get("/v1/sensors", dependencies=[Depends(require_key)])
     async def sensors(zone: str | None = None, lang: Literal["en", "ko"] = "en"):
@@ -336,9 +371,16 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
                 raise ApiError(422, "zone", f"zone: got {name[:40]!r}; expected 1-32 of A-Z a-z 0-9 _ -")
             snap = feed.snapshot(name)
             fresh = snap["readings"]
-            codes = rules.evaluate(validate(fresh)) if any(k in NUMERIC for k in fresh) else []
-            zones.append({**snap, "warnings": codes, "messages": messages(codes, lang),
-                          "abnormal": abnormal_keys(codes)})
+            j = judge(fresh, at=datetime.fromtimestamp(max(snap["times"].values())), times=snap["times"],
+                      cfg=judge_cfg) if any(k in NUMERIC for k in fresh) else None
+            codes = j.warnings if j else []
+            zones.append({**{k: v for k, v in snap.items() if k != "times"}, "warnings": codes,
+                          "messages": messages(codes, lang), "abnormal": abnormal_keys(codes),
+                          "tag": explain.tag_for(j.readings if j else None, codes),
+                          "sentences": explain.rule_text(j.readings if j else None, lang, codes,
+                                                         j.not_judged if j else None,
+                                                         cfg.stale_after_s if snap["stale"] and not j else None),
+                          "assumptions": j.assumptions if j else [], "not_judged": j.not_judged if j else []})
         labels = {s.key: {"unit": s.unit, "label": s.label_ko if lang == "ko" else s.label_en, "lo": s.lo,
                           "hi": s.hi} for s in NUMERIC.values()}
         return {"zones": zones, "stale_after_s": cfg.stale_after_s, "sensors": labels,
@@ -347,16 +389,18 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
     @app.post("/v1/ask", dependencies=[Depends(require_key)])
     async def ask(body: AskRequest, request: Request):
         question = check_question(body.question)
-        readings, info = resolve_sensors(body.sensors, body.zone)
+        judgement, info = resolve_sensors(body.sensors, body.zone)
         max_tokens = max_tokens_of(body.max_tokens)
+        lang = body.lang or detect_lang(question)
 
         def result(answer: Answer) -> dict:
-            return {**answer.to_json(), "messages": messages(answer.warnings, body.lang), "sensors": info,
-                    "lang": body.lang}
+            return {**answer.to_json(), "messages": messages(answer.warnings, answer.lang), "sensors": info}
 
         if body.stream:
-            codes = rules.evaluate(readings) if readings else []
-            head = {"warnings": codes, "messages": messages(codes, body.lang), "sensors": info}
+            codes = judgement.warnings if judgement else []
+            head = {"warnings": codes, "messages": messages(codes, lang), "sensors": info, "lang": lang,
+                    "assumptions": judgement.assumptions if judgement else [],
+                    "not_judged": judgement.not_judged if judgement else []}
 
             def render(kind: str, payload: Any) -> str | None:
                 if kind == "start":
@@ -367,8 +411,9 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
                     return _sse("error", payload)
                 return _sse("done", result(payload))
 
-            return stream_pieces(question, readings, max_tokens, 0.0, render, request, info)
-        answer = await finish(start_job(question, readings, max_tokens, 0.0, None, threading.Event()))
+            return stream_pieces(question, judgement, lang, max_tokens, 0.0, render, request, info)
+        cancel = threading.Event()
+        answer = await finish(start_job(question, judgement, info, lang, max_tokens, 0.0, None, cancel), request, cancel)
         record(request, info, answer)
         return result(answer)
 
@@ -381,15 +426,13 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
         if isinstance(content, list):
             content = " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
         question = check_question(content or "")
-        readings, info = resolve_sensors(body.sensors, body.zone)
+        judgement, info = resolve_sensors(body.sensors, body.zone)
         max_tokens = max_tokens_of(body.max_completion_tokens or body.max_tokens)
         temperature = body.temperature or 0.0
-        codes = rules.evaluate(readings) if readings else []
-        preface = "".join(f"⚠ {m['message']} ({m['code']})\n" for m in messages(codes, body.lang))
+        lang = body.lang or detect_lang(question)
         cid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        extra = lambda answer: {"warnings": answer.warnings, "messages": messages(answer.warnings, body.lang),
-                                "tag_source": answer.tag_source, "sensors": info,
-                                "timings": answer.to_json()["timings"]}
+        extra = lambda answer: {**answer.to_json(), "messages": messages(answer.warnings, answer.lang),  # noqa: E731
+                                "sensors": info}
 
         def finish_reason(answer: Answer) -> str:
             return "length" if answer.timings.stop == "length" else "stop"
@@ -402,19 +445,21 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
 
             def render(kind: str, payload: Any) -> str | None:
                 if kind == "start":
-                    return chunk({"role": "assistant", "content": preface})
+                    return chunk({"role": "assistant", "content": ""})
                 if kind == "piece":
                     return chunk({"content": payload})
                 if kind == "error":
                     return f"data: {json.dumps({'error': payload}, ensure_ascii=False)}\n\n"
                 return chunk({}, finish_reason(payload), farmslm=extra(payload)) + "data: [DONE]\n\n"
 
-            return stream_pieces(question, readings, max_tokens, temperature, render, request, info)
-        answer = await finish(start_job(question, readings, max_tokens, temperature, None, threading.Event()))
+            return stream_pieces(question, judgement, lang, max_tokens, temperature, render, request, info)
+        cancel = threading.Event()
+        answer = await finish(start_job(question, judgement, info, lang, max_tokens, temperature, None, cancel),
+                              request, cancel)
         record(request, info, answer)
         t = answer.timings
         return {"id": cid, "object": "chat.completion", "created": now, "model": model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": preface + answer.answer},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
                              "finish_reason": finish_reason(answer)}],
                 "usage": {"prompt_tokens": t.prompt_tokens, "completion_tokens": t.gen_tokens,
                           "total_tokens": t.prompt_tokens + t.gen_tokens},

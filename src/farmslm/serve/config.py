@@ -53,6 +53,14 @@ class ServeConfig:
     mqtt_topic_prefix: str = "farm"  # subscribes to <prefix>/<zone>/sensors
     mqtt_username: str = ""
     mqtt_password: str = ""  # FARMSLM_MQTT_PASSWORD overrides
+    mqtt_tls: bool = False  # connect to the broker over TLS (usually port 8883)
+    mqtt_ca_file: str = ""  # CA certificate that signed the broker's certificate ("" = the system's CAs)
+    sunrise: str = "06:00"  # local time day starts, to infer a missing period (domain.judge)
+    sunset: str = "19:00"  # local time night starts
+    window_s: float = 120.0  # a rule over several sensors is judged only on feed readings this close in time
+    contact_en: str = ""  # who an abstaining answer points to ("" = your local agricultural extension office)
+    contact_ko: str = ""  # ... in Korean ("" = 가까운 농업기술센터)
+    load_retry_max_s: float = 60.0  # a model that failed to load is retried with back-off up to this interval
     stale_after_s: float = 300.0  # feed readings older than this are stale: reported, never used
     stale_policy: str = "exclude"  # exclude: answer without stale readings | refuse: 409
     log_path: str = ""  # JSON-lines request log; "" = stderr
@@ -92,6 +100,15 @@ def check(cfg: ServeConfig) -> ServeConfig:
         raise ConfigError(f"max_tokens: {cfg.max_tokens} exceeds max_tokens_limit {cfg.max_tokens_limit}")
     if cfg.queue_size < 0 or cfg.request_timeout_s <= 0 or cfg.stale_after_s <= 0 or cfg.idle_unload_s < 0:
         raise ConfigError("queue_size >= 0, request_timeout_s > 0, stale_after_s > 0, idle_unload_s >= 0 required")
+    if cfg.mqtt_ca_file and not Path(cfg.mqtt_ca_file).is_file():
+        raise ConfigError(f"mqtt_ca_file: {cfg.mqtt_ca_file} does not exist")
+    if cfg.load_retry_max_s < 1:
+        raise ConfigError(f"load_retry_max_s: got {cfg.load_retry_max_s}; expected >= 1 second")
+    from farmslm.domain.judge import JudgeConfig, check_config
+    try:
+        check_config(JudgeConfig(cfg.sunrise, cfg.sunset, window_s=cfg.window_s))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 

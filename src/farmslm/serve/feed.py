@@ -7,7 +7,9 @@ Payload, either
   SenML (RFC 8428): [{"bn": "gh1:", "bt": 1767225600, "n": "temp_c", "u": "Cel", "v": 31.5},
                      {"n": "period", "vs": "day"}]   (the last ':'/'/' segment of bn+n is the key)
 Every value is checked like `farmslm ask --sensors`; a payload with any bad part is counted as
-malformed and ignored whole. Readings older than stale_after_s are reported as stale, never used.
+malformed and ignored whole (logged at most `log_burst` times a minute, then summarised). Readings older
+than stale_after_s are reported as stale, never used; each reading keeps its own time, so a rule over several
+sensors can be judged only on readings close in time (farmslm.domain.judge). TLS: start(..., tls=True, ca_file).
 
 Example: mosquitto_pub -t farm/gh1/sensors -m '{"temp_c": 36.2, "humidity_pct": 55}'
 """
@@ -97,15 +99,31 @@ class SensorFeed:
     """Latest readings per zone; fed by MQTT (start()) or directly (ingest())."""
 
     def __init__(self, stale_after_s: float = 300.0, topic_prefix: str = "farm",
-                 on_status: Callable[[str], None] | None = None):
+                 on_status: Callable[[str], None] | None = None, log_burst: int = 5):
         self.stale_after_s = stale_after_s
         self.prefix = topic_prefix.strip("/")
         self.on_status = on_status or (lambda status: None)
         self.counts = {"ok": 0, "malformed": 0}
         self.connected = False
+        self.log_burst = log_burst  # malformed messages logged line by line per minute; the rest are summarised
+        self._log_window = (0.0, 0, 0)  # window start, logged in it, suppressed in it
         self._latest: dict[str, dict[str, tuple[float | str, float]]] = {}
         self._lock = threading.Lock()
         self._client = None
+
+    def _log_malformed(self, topic: str, exc: Exception, now: float) -> None:
+        """A flood of bad messages must not flood the log: `log_burst` lines a minute, then one summary."""
+        start, logged, quiet = self._log_window
+        if now - start >= 60.0:
+            if quiet:
+                log.warning("feed: %d more malformed messages in the last minute were not logged one by one", quiet)
+            start, logged, quiet = now, 0, 0
+        if logged < self.log_burst:
+            log.warning("feed: ignored message on %s: %s", topic[:100], exc)
+            logged += 1
+        else:
+            quiet += 1
+        self._log_window = (start, logged, quiet)
 
     def ingest(self, topic: str, payload: bytes, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -125,7 +143,7 @@ class SensorFeed:
         except PayloadError as exc:
             self.counts["malformed"] += 1
             self.on_status("malformed")
-            log.warning("feed: ignored message on %s: %s", topic[:100], exc)
+            self._log_malformed(topic, exc, now)
             return
         self.counts["ok"] += 1
         self.on_status("ok")
@@ -135,26 +153,30 @@ class SensorFeed:
             return sorted(self._latest)
 
     def snapshot(self, zone: str, now: float | None = None) -> dict:
-        """{zone, readings (fresh only), age_s, stale {key: {value, age_s}}, known}."""
+        """{zone, readings (fresh only), age_s, times (measurement time per fresh key), stale {key: {value, age_s}}, known}."""
         now = time.time() if now is None else now
         with self._lock:
             latest = dict(self._latest.get(zone, {}))
-        fresh, ages, stale = {}, {}, {}
+        fresh, ages, times, stale = {}, {}, {}, {}
         for key, (value, ts) in latest.items():
             age = round(max(0.0, now - ts), 1)
             if age > self.stale_after_s:
                 stale[key] = {"value": value, "age_s": age}
             else:
-                fresh[key], ages[key] = value, age
-        return {"zone": zone, "readings": fresh, "age_s": ages, "stale": stale, "known": bool(latest)}
+                fresh[key], ages[key], times[key] = value, age, ts
+        return {"zone": zone, "readings": fresh, "age_s": ages, "times": times, "stale": stale, "known": bool(latest)}
 
     # ---- MQTT --------------------------------------------------------------------------------
 
-    def start(self, host: str, port: int = 1883, username: str = "", password: str = "") -> None:
-        """Connect in the background (retrying while the broker is down) and subscribe."""
+    def start(self, host: str, port: int = 1883, username: str = "", password: str = "", tls: bool = False,
+              ca_file: str = "") -> None:
+        """Connect in the background (retrying while the broker is down) and subscribe; TLS when asked
+        (the broker's certificate checked against ca_file, or the system's CAs when none is given)."""
         import paho.mqtt.client as mqtt
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"farmslm-{id(self):x}")
+        if tls:
+            client.tls_set(ca_certs=ca_file or None)
         if username:
             client.username_pw_set(username, password or None)
         topic = f"{self.prefix}/+/sensors"

@@ -2,7 +2,10 @@
 
 llama.cpp already uses every core for one sequence on a Pi-class CPU, so requests run one after
 another on a single worker thread; at most `queue_size` wait. Beyond that: Overloaded (429).
-The model loads at startup or on first use (lazy) and can be unloaded after an idle time.
+The model loads at startup or on first use (lazy) and can be unloaded after an idle time. A load that
+fails is retried with back-off (1, 2, 4 ... up to `retry_max_s` seconds) until it succeeds; meanwhile
+requests get 503 with Retry-After and /healthz says when the next try is, never the raw error (that goes
+to the server log).
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ class TimedOut(Exception):
 
 
 class ModelWorker:
-    def __init__(self, load: Callable[[], Any], queue_size: int, lazy: bool = False, idle_unload_s: float = 0.0):
+    def __init__(self, load: Callable[[], Any], queue_size: int, lazy: bool = False, idle_unload_s: float = 0.0,
+                 retry_max_s: float = 60.0):
         self._load = load
+        self.retry_max_s = retry_max_s
+        self.failures = 0  # consecutive failed loads
+        self.retry_at = 0.0  # monotonic time of the next load attempt after a failure
+        self._retry_task: asyncio.Task | None = None
         self.queue_size = queue_size
         self.lazy = lazy
         self.idle_unload_s = idle_unload_s
@@ -48,11 +56,26 @@ class ModelWorker:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if not self.lazy:
             self.state = "loading"
             self._executor.submit(self._ensure_loaded)
         if self.idle_unload_s > 0:
-            self._idle_task = asyncio.get_running_loop().create_task(self._unload_when_idle())
+            self._idle_task = loop.create_task(self._unload_when_idle())
+        self._retry_task = loop.create_task(self._retry_failed_loads())
+
+    def retry_in_s(self) -> float | None:
+        return round(max(0.0, self.retry_at - time.monotonic()), 1) if self.state == "failed" else None
+
+    async def _retry_failed_loads(self) -> None:
+        """Try a failed load again when its back-off has passed (a model file fixed or copied in later)."""
+        while not self.closing:
+            await asyncio.sleep(0.5)
+            if self.state == "failed" and time.monotonic() >= self.retry_at and self.pending == 0:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._executor, self._ensure_loaded)
+                except Unavailable:
+                    pass
 
     def _ensure_loaded(self) -> Any:
         """Runs on the worker thread only."""
@@ -61,11 +84,14 @@ class ModelWorker:
             t0 = time.perf_counter()
             try:
                 self.engine = self._load()
-            except Exception as exc:  # reported by /healthz and as 503, the server stays up
+            except Exception as exc:  # reported by /healthz and as 503 without internals; the server stays up
+                self.failures += 1
+                wait = min(self.retry_max_s, 2.0 ** (self.failures - 1))
+                self.retry_at = time.monotonic() + wait
                 self.state, self.error = "failed", str(exc)
-                log.error("model failed to load: %s", exc)
-                raise Unavailable(f"model failed to load: {exc}") from exc
-            self.state, self.error = "ready", ""
+                log.error("model failed to load (attempt %d, next in %.0f s): %s", self.failures, wait, exc)
+                raise Unavailable(f"the model failed to load; retrying in {wait:.0f} s") from exc
+            self.state, self.error, self.failures = "ready", "", 0
             log.info("model loaded in %.1f s", time.perf_counter() - t0)
         return self.engine
 
@@ -87,8 +113,9 @@ class ModelWorker:
     async def close(self) -> None:
         """Refuse new work, let queued and running requests finish, then free the model."""
         self.closing = True
-        if self._idle_task is not None:
-            self._idle_task.cancel()
+        for task in (self._idle_task, self._retry_task):
+            if task is not None:
+                task.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         if self.engine is not None:
             self.engine.close()
@@ -105,7 +132,7 @@ class ModelWorker:
         if self.closing:
             raise Unavailable("the server is shutting down")
         if self.state == "failed":
-            raise Unavailable(f"model failed to load: {self.error}")
+            raise Unavailable(f"the model failed to load; next try in {self.retry_in_s():.0f} s")
         with self._lock:
             if self.pending > self.queue_size:  # one running + queue_size waiting
                 raise Overloaded(f"{self.pending} requests in progress; the queue holds {self.queue_size}")

@@ -8,14 +8,16 @@ const TEXT = {
         stale: "오래됨", ago: "초 전", placeholder: "예: 잎 끝이 마르는데 왜 그런가요?", waiting: "답변 생성 중…",
         key: "API 키", feedOff: "실시간 센서 연결 없음", feedOn: "실시간 센서 연결됨", feedDown: "센서 브로커 연결 끊김",
         used: "사용한 측정값", tokens: "토큰", staleNote: "오래된 측정값은 사용하지 않았습니다",
-        period: "주간/야간", growth_stage: "생육 단계" },
+        period: "주간/야간", growth_stage: "생육 단계", sources: "출처", assumed: "가정", notJudged: "판단 보류",
+        abstained: "답할 수 있는 확인된 정보가 없어 사람에게 문의하도록 안내했습니다" },
   en: { title: "Tomato greenhouse assistant", zone: "Zone", readings: "Current readings", warnings: "Warnings",
         ask: "Ask a question", send: "Send", other: "한국어", normal: "All readings normal",
         noReadings: "No live readings for this zone.", stale: "stale", ago: "s ago",
         placeholder: "e.g. Why are the leaf tips drying?", waiting: "Generating the answer…", key: "API key",
         feedOff: "No live sensor feed", feedOn: "Live sensor feed connected", feedDown: "Sensor broker disconnected",
         used: "Readings used", tokens: "tokens", staleNote: "Stale readings were not used",
-        period: "Day / night", growth_stage: "Growth stage" },
+        period: "Day / night", growth_stage: "Growth stage", sources: "Sources", assumed: "Assumed",
+        notJudged: "Not judged", abstained: "No verified information: the answer points to a person" },
 };
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -68,11 +70,17 @@ function renderZone(data, z) {
               el("td", { className: "age" }, stale ? t("stale") : `${Math.round(age)}${t("ago")}`));
     body.append(tr);
   }
-  if (!rows.length) body.append(el("tr", {}, "")).lastChild.append(el("td", { colSpan: 3 }, t("noReadings")));
+  if (!rows.length) {  // append() returns nothing: build the row first, then add it
+    const tr = el("tr", {});
+    tr.append(el("td", { colSpan: 3 }, t("noReadings")));
+    body.append(tr);
+  }
   const list = $("warnings");
   list.replaceChildren();
   for (const m of z.messages) list.append(el("li", { className: "warning" }, `${m.message}`));
   if (!z.messages.length && Object.keys(z.readings).length) list.append(el("li", { className: "ok" }, t("normal")));
+  for (const a of z.assumptions || []) list.append(el("li", { className: "assumed" }, `${t("assumed")}: ${a[lang]}`));
+  for (const n of z.not_judged || []) list.append(el("li", { className: "assumed" }, `${t("notJudged")}: ${n[lang]}`));
   const feed = data.feed;
   $("feed-status").textContent = !feed.enabled ? t("feedOff") : (feed.connected ? t("feedOn") : t("feedDown"));
 }
@@ -91,7 +99,8 @@ async function refresh() {
       picker.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
     }
     picker.value = zone;
-    const empty = { zone, readings: {}, age_s: {}, stale: {}, warnings: [], messages: [], abnormal: [] };
+    const empty = { zone, readings: {}, age_s: {}, stale: {}, warnings: [], messages: [], abnormal: [],
+                    assumptions: [], not_judged: [] };
     renderZone(data, data.zones.find((z) => z.zone === zone) || empty);
   } catch (err) {
     $("feed-status").textContent = String(err);
@@ -110,15 +119,16 @@ async function ask(event) {
     apiKey = $("api-key").value;
     localStorage.setItem("farmslm.key", apiKey);
   }
-  const answer = $("answer"), meta = $("answer-meta");
+  const answer = $("answer"), meta = $("answer-meta"), sources = $("answer-sources");
   answer.textContent = "";
   answer.classList.remove("error");
   meta.textContent = t("waiting");
+  sources.replaceChildren();
   $("answer-warnings").replaceChildren();
   $("ask-button").disabled = true;
   try {
     const res = await fetch("/v1/ask", { method: "POST", headers: headers(),
-      body: JSON.stringify({ question, zone: zone || undefined, lang, stream: true }) });
+      body: JSON.stringify({ question, zone: zone || undefined, stream: true }) });
     if (res.status === 401) { needKey(); throw new Error(t("key")); }
     if (!res.ok) {
       const body = await res.json().catch(() => ({}));
@@ -144,8 +154,17 @@ async function ask(event) {
           answer.textContent = data.answer;
           const used = Object.keys(data.sensors.used).length;
           const staleKeys = Object.keys(data.sensors.stale);
+          const notes = (data.assumptions || []).map((a) => `${t("assumed")}: ${a[lang] || a.en}`);
           meta.textContent = `${t("used")}: ${used} (${data.sensors.source}) · ${data.timings.gen_tokens} ${t("tokens")}, `
-            + `${data.timings.tok_s} tok/s` + (staleKeys.length ? ` · ${t("staleNote")}: ${staleKeys.join(", ")}` : "");
+            + `${data.timings.tok_s} tok/s` + (staleKeys.length ? ` · ${t("staleNote")}: ${staleKeys.join(", ")}` : "")
+            + (data.abstained ? ` · ${t("abstained")}` : "") + (notes.length ? " · " + notes.join(" · ") : "");
+          for (const s of data.sources || []) {
+            const li = el("li", {});
+            li.append(s.url ? el("a", { href: s.url, target: "_blank", rel: "noopener" }, s.source || s.id)
+                            : el("span", {}, s.source || s.id));
+            sources.append(li);
+          }
+          if ((data.sources || []).length) sources.prepend(el("li", { className: "muted" }, t("sources")));
         }
       }
     }
