@@ -114,6 +114,8 @@ def test_layerwise_rules():
 def test_uniform_counts_and_config_errors():
     assert P.uniform_counts([2048] * 3, 0.25, 256) == [512] * 3
     assert P.uniform_counts([2048] * 3, 0.10, 256) == [256] * 3  # 1843 rounds down to 1792
+    assert P.uniform_counts([2048] * 3, 0.30, 256) == [512] * 3  # 1434 rounds to 1536 (25 %), not down to 1280 (37.5 %)
+    assert P.uniform_counts([2048] * 3, 0.40, 256) == [768] * 3  # 1229 -> 1280
     for bad, field in ((dict(metric="x"), "metric"), (dict(allocation="x"), "allocation"), (dict(ratio=1.0), "ratio"),
                        (dict(allocation="layerwise", ratio=0.4), "ratio")):
         with pytest.raises(ValueError, match=f"^{field}:"):

@@ -23,8 +23,9 @@ import pytest
 import uvicorn
 
 from farmslm.config import ConfigError
-from farmslm.domain import rules
-from farmslm.runtime.engine import Answer, Timings
+from farmslm.domain import explain, rules
+from farmslm.runtime import engine as eng
+from farmslm.runtime.engine import Engine
 from farmslm.serve.app import create_app
 from farmslm.serve.config import load_config
 from farmslm.serve.feed import PayloadError, SensorFeed, parse_payload
@@ -32,30 +33,43 @@ from farmslm.serve.feed import PayloadError, SensorFeed, parse_payload
 HOT = {"temp_c": 36.0, "humidity_pct": 60.0, "period": "day"}
 
 
-class FakeEngine:
-    """Engine's interface with a scripted answer; `delay` seconds per word."""
+class SlowScripted:
+    """llama_cpp.Llama's generate/tokenize/detokenize with a fixed continuation, `delay` seconds a token."""
+
+    def __init__(self, chunks: list[bytes], delay: float):
+        self.chunks, self.delay = chunks, delay
+
+    def tokenize(self, data: bytes, add_bos: bool = True) -> list[int]:
+        return list(range(len(data.split())))
+
+    def generate(self, tokens, **kw):
+        for i in range(len(self.chunks)):
+            time.sleep(self.delay)
+            yield i
+        while True:
+            yield -1
+
+    def detokenize(self, ids: list[int]) -> bytes:
+        return self.chunks[ids[0]]
+
+
+class FakeEngine(Engine):
+    """The real Engine (rule sentences, judgement, streaming, cancellation) over a scripted llama: the model
+    is the boundary these tests stub, nothing else. `delay` seconds per word."""
 
     name = "fake"
 
     def __init__(self, delay: float = 0.0, words: tuple[str, ...] = ("Shade", "and", "ventilate.")):
         self.delay, self.words, self.calls, self.closed = delay, words, [], False
+        self.llm = SlowScripted([(" " + w).encode() for w in words], delay)
+        self.few_shot, self.n_ctx, self.repeat_penalty = "", 4096, eng.REPEAT_PENALTY
+        self._is_eog = lambda token: token == -1
+        self.prompt_format, self.index, self.index_note, self.contact = 1, None, "", {}
 
-    def ask(self, question, readings=None, guard=True, max_tokens=128, temperature=0.0, on_piece=None,
-            should_stop=None):
-        self.calls.append((question, readings))
-        out, stop = [], "eos"
-        for i, word in enumerate(self.words[:max_tokens]):
-            time.sleep(self.delay)
-            out.append(word if i == 0 else " " + word)
-            if on_piece:
-                on_piece(out[-1])
-            if should_stop and should_stop():
-                stop = "cancelled"
-                break
-        codes = rules.evaluate(readings) if readings else []
-        return Answer(codes, "".join(out), "rules",
-                      Timings(prompt_tokens=5 + len(question.split()), gen_tokens=len(out), ttft_ms=1.0,
-                              tok_s=10.0, stop=stop))
+    def ask(self, question, readings=None, *args, **kwargs):
+        j = kwargs.get("judgement")
+        self.calls.append((question, j.readings if j else readings))
+        return super().ask(question, readings, *args, **kwargs)
 
     def close(self):
         self.closed = True
@@ -112,9 +126,11 @@ def test_ask_json_and_sse_contract():
         r = httpx.post(srv.url + "/v1/ask", json={"question": "Is it hot?", "sensors": HOT, "lang": "ko"})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert {"warnings", "answer", "tag_source", "timings", "messages", "sensors"} <= set(body)
+        assert {"warnings", "answer", "tag_source", "sources", "retrieved", "abstained", "readings", "assumptions",
+                "timings", "messages", "sensors"} <= set(body)
         assert body["warnings"] == rules.evaluate(HOT) and body["tag_source"] == "rules"
-        assert body["answer"] == "Shade and ventilate."
+        assert body["answer"] == explain.rule_text(HOT, "ko") + " Shade and ventilate."
+        assert body["model_text"] == "Shade and ventilate." and body["lang"] == "ko" and body["abstained"] is False
         assert body["messages"][0] == {"code": "HIGH_TEMP", "message": rules.message("HIGH_TEMP", "ko")}
         assert body["sensors"]["source"] == "request" and body["sensors"]["used"] == HOT
         assert {"ttft_ms", "gen_tokens", "tok_s", "prompt_tokens"} <= set(body["timings"])
@@ -124,8 +140,13 @@ def test_ask_json_and_sse_contract():
         events = sse_events(r.text)
         assert events[0][0] == "meta" and events[0][1]["warnings"] == rules.evaluate(HOT)
         tokens = [d["text"] for kind, d in events if kind == "token"]
-        assert tokens == ["Shade", " and", " ventilate."]
+        assert tokens == [explain.rule_text(HOT, "en") + " ", "Shade", " and", " ventilate."]  # rule sentences first
         assert events[-1][0] == "done" and events[-1][1]["answer"] == "".join(tokens)
+        assert "sources" in events[-1][1] and "assumptions" in events[-1][1]
+
+        r = httpx.post(srv.url + "/v1/ask", json={"question": "is the light ok?", "sensors": {"light_umol": 0}})
+        body = r.json()  # no period given: inferred and reported, never silently day
+        assert body["readings"]["period"] in ("day", "night") and body["assumptions"][0]["basis"] == "clock"
 
 
 def test_openai_client_library_fake_engine():
@@ -135,14 +156,13 @@ def test_openai_client_library_fake_engine():
         assert [m.id for m in client.models.list().data] == ["farmslm-stock"]
         out = client.chat.completions.create(model="farmslm-stock", messages=[{"role": "user", "content": "hot?"}],
                                              extra_body={"sensors": HOT})
-        assert out.choices[0].message.content.endswith("Shade and ventilate.")
-        assert "HIGH_TEMP" in out.choices[0].message.content
+        assert out.choices[0].message.content == explain.rule_text(HOT, "en") + " Shade and ventilate."
         assert out.model_extra["farmslm"]["warnings"] == rules.evaluate(HOT)
         assert out.usage.completion_tokens == 3
         stream = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hot?"}],
                                                 stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        assert text == "Shade and ventilate."  # no readings: no warning preface
+        assert text == explain.NO_READINGS_TEXT["en"] + " Shade and ventilate."  # no readings: said so
 
 
 def test_question_cannot_change_status_or_warnings():
@@ -161,6 +181,7 @@ def test_question_cannot_change_status_or_warnings():
     ({"question": "x", "sensors": {"temp_c": "hot"}}, 422, "temp_c"),
     ({"question": "x", "sensors": {"tmp": 20}}, 422, "tmp"),
     ({"question": "x", "sensors": {"period": "day"}}, 422, "sensors"),
+    ({"question": "x", "sensors": {"temp_c": 20, "period": "dusk"}}, 422, "period"),
     ({"question": "x", "surprise": 1}, 422, "surprise"),
     ({"sensors": HOT}, 422, "question"),
     ({"question": "   "}, 422, "question"),
@@ -271,13 +292,23 @@ def test_healthz_503_while_loading_and_when_load_failed():
         gate.set()
         wait_for(lambda: httpx.get(srv.url + "/healthz").status_code == 200, what="ready")
 
-    def broken():
-        raise RuntimeError("no such model")
+    attempts: list[float] = []
 
-    with serving(broken, ready=False) as srv:
+    def broken_then_fixed():  # the model file appears later (copied in, disk remounted): the server recovers
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise RuntimeError("no such model /secret/path/model.gguf")
+        return FakeEngine()
+
+    with serving(broken_then_fixed, ready=False, load_retry_max_s=2) as srv:
         wait_for(lambda: httpx.get(srv.url + "/healthz").json()["status"] == "failed", what="failed")
+        health = httpx.get(srv.url + "/healthz").json()
+        assert "secret" not in json.dumps(health) and health["retry_in_s"] is not None  # no internals
         r = httpx.post(srv.url + "/v1/ask", json={"question": "q"})
-        assert r.status_code == 503 and "no such model" in r.json()["error"]["message"]
+        assert r.status_code == 503 and "secret" not in r.text and "retry-after" in r.headers
+        wait_for(lambda: httpx.get(srv.url + "/healthz").status_code == 200, timeout=20, what="recovered")
+        assert len(attempts) == 3 and attempts[2] - attempts[1] >= attempts[1] - attempts[0] >= 0.9  # back-off
+        assert httpx.post(srv.url + "/v1/ask", json={"question": "q"}).status_code == 200
 
 
 def test_lazy_load_and_idle_unload():
@@ -303,7 +334,7 @@ def test_graceful_shutdown_finishes_in_flight_requests():
         srv.server.should_exit = True
         t.join(20)
         srv.thread.join(20)
-        assert result["r"].status_code == 200 and result["r"].json()["answer"] == "one two three four"
+        assert result["r"].status_code == 200 and result["r"].json()["model_text"] == "one two three four"
         assert fake.closed  # the model is released after the last request
 
 
@@ -394,7 +425,7 @@ def test_mqtt_feed_flat_senml_malformed_and_stale(broker):
         assert "temp_c" in r["sensors"]["stale"] and "temp_c" not in r["sensors"]["used"]
         assert "HIGH_TEMP" not in r["warnings"] and "temp_c" not in fake.calls[-1][1]  # stale never used
         r = httpx.post(srv.url + "/v1/ask", json={"question": "hot?", "zone": "nowhere"}).json()
-        assert r["sensors"]["source"] == "none" and fake.calls[-1][1] is None
+        assert r["sensors"]["source"] == "none" and fake.calls[-1][1] is None and r["tag"] == "[NO_READINGS]"
         assert 'farmslm_feed_messages_total{status="malformed"} 5.0' in httpx.get(srv.url + "/metrics").text
 
 
@@ -462,6 +493,106 @@ def test_fuzzed_requests_never_break_the_server():
         assert httpx.post(srv.url + "/v1/ask", json={"question": "q", "sensors": HOT}).status_code == 200
 
 
+def test_client_that_disconnects_stops_the_generation():
+    """A grower who closes the page must not keep the model busy: streaming and non-streaming alike."""
+    words = tuple(f"w{i}" for i in range(200))
+    fake = FakeEngine(delay=0.05, words=words)
+    with serving(lambda: fake, request_timeout_s=60) as srv:
+        for stream in (False, True):
+            done = len(fake.calls)
+            try:
+                httpx.post(srv.url + "/v1/ask", json={"question": "q", "stream": stream, "max_tokens": 200}, timeout=0.6)
+            except httpx.TimeoutException:
+                pass  # the client gave up and closed the connection
+            wait_for(lambda: len(fake.calls) > done, what="request started")
+            wait_for(lambda: httpx.get(srv.url + "/healthz").json()["queue"] == 0, timeout=5,
+                     what=f"generation cancelled (stream={stream})")  # 200 words x 0.05 s would take 10 s
+
+
+def test_multi_sensor_rules_need_feed_readings_close_in_time():
+    with serving(lambda: FakeEngine(), window_s=60, stale_after_s=600) as srv:
+        feed, now = srv.app.state.feed, time.time()
+        feed.ingest("farm/gh1/sensors", json.dumps({"temp_c": 18.0, "period": "night", "ts": now - 200}).encode())
+        feed.ingest("farm/gh1/sensors", json.dumps({"humidity_pct": 95.0, "ts": now}).encode())
+        r = httpx.post(srv.url + "/v1/ask", json={"question": "mould?", "zone": "gh1"}).json()
+        assert "GRAY_MOLD_RISK" not in r["warnings"] and "HIGH_HUMIDITY" in r["warnings"]
+        assert r["not_judged"] and "GRAY_MOLD_RISK" in r["not_judged"][0]["codes"] and "not judged" in r["answer"]
+        feed.ingest("farm/gh1/sensors", json.dumps({"temp_c": 18.0, "ts": now}).encode())
+        r = httpx.post(srv.url + "/v1/ask", json={"question": "mould?", "zone": "gh1"}).json()
+        assert "GRAY_MOLD_RISK" in r["warnings"] and r["not_judged"] == []
+
+
+def test_malformed_flood_is_logged_at_a_bounded_rate(caplog):
+    import logging
+
+    feed = SensorFeed(log_burst=5)
+    with caplog.at_level(logging.WARNING, logger="farmslm.feed"):
+        for i in range(500):
+            feed.ingest("farm/gh1/sensors", b"not json", now=1000.0 + i * 0.01)
+        feed.ingest("farm/gh1/sensors", b"still not json", now=1070.0)  # a minute later: one summary line
+    lines = [r.getMessage() for r in caplog.records]
+    assert feed.counts["malformed"] == 501 and len(lines) <= 7
+    assert any("495 more malformed messages" in line for line in lines)
+
+
+def test_mqtt_tls_setting_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="mqtt_ca_file"):
+        load_config(None, mqtt_tls=True, mqtt_ca_file=str(tmp_path / "missing-ca.pem"))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    cfg = load_config(None, mqtt_tls=True, mqtt_ca_file=str(ca), mqtt_port=8883)
+    assert cfg.mqtt_tls and cfg.mqtt_ca_file == str(ca)
+
+
+def test_broker_killed_and_restarted_goes_stale_then_recovers(tmp_path):
+    """A real mosquitto is killed and restarted: readings go stale, answers say [NO_READINGS], the feed
+    reconnects on its own and recovers."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+
+    def start():
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _port_open(port), what="mosquitto")
+        return proc
+
+    proc = start()
+    try:
+        with serving(lambda: FakeEngine(), mqtt_host="127.0.0.1", mqtt_port=port, stale_after_s=2) as srv:
+            feed = srv.app.state.feed
+            wait_for(lambda: feed.connected, what="subscribed")
+            publish(port, "farm/gh1/sensors", {"temp_c": 36.0, "period": "day"})
+            wait_for(lambda: feed.counts["ok"] == 1, what="first reading")
+            assert httpx.post(srv.url + "/v1/ask", json={"question": "hot?", "zone": "gh1"}).json()["warnings"] \
+                == ["HIGH_TEMP"]
+            proc.kill()
+            proc.wait(10)
+            wait_for(lambda: not feed.connected, what="disconnect noticed")
+            assert httpx.get(srv.url + "/healthz").json()["feed"]["connected"] is False
+            time.sleep(2.2)  # the last reading is now older than stale_after_s
+            r = httpx.post(srv.url + "/v1/ask", json={"question": "hot?", "zone": "gh1"}).json()
+            assert r["tag"] == "[NO_READINGS]" and r["warnings"] == [] and "temp_c" in r["sensors"]["stale"]
+            assert r["answer"].startswith("No fresh sensor readings")
+            proc = start()
+            wait_for(lambda: feed.connected, timeout=40, what="reconnected")  # paho retries with back-off
+            publish(port, "farm/gh1/sensors", {"temp_c": 24.0, "humidity_pct": 70, "period": "day"})
+            wait_for(lambda: feed.counts["ok"] == 2, what="reading after the restart")
+            r = httpx.post(srv.url + "/v1/ask", json={"question": "ok?", "zone": "gh1"}).json()
+            assert r["tag"] == "[NORMAL]" and r["sensors"]["source"] == "feed"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 # ---- the real stock model (slow) ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -481,7 +612,8 @@ def test_openai_client_and_sse_with_the_stock_model(stock_server):
     out = client.chat.completions.create(model=model, max_tokens=8, extra_body={"sensors": HOT},
                                          messages=[{"role": "user", "content": "Is it too hot?"}])
     assert out.model_extra["farmslm"]["warnings"] == rules.evaluate(HOT)
-    assert out.choices[0].message.content.startswith("⚠") and out.usage.completion_tokens <= 8
+    content = out.choices[0].message.content
+    assert content.startswith("Air temperature too high by day (36 °C > 30 °C)") and out.usage.completion_tokens <= 8
     chunks = list(client.chat.completions.create(model=model, max_tokens=8, stream=True,
                                                  messages=[{"role": "user", "content": "What is a tomato?"}]))
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")

@@ -173,9 +173,11 @@ def layer_scales(n_layers: int, group_scales: Sequence[float]) -> list[float]:
 
 
 def uniform_counts(widths: Sequence[int], ratio: float, keep_multiple: int = 1) -> list[int]:
-    """Neurons removed per layer so every layer keeps the same width (a multiple of keep_multiple)."""
-    keep = int(round(min(widths) * (1 - ratio)))
-    keep = max(keep_multiple, keep // keep_multiple * keep_multiple) if keep_multiple > 1 else max(1, keep)
+    """Neurons removed per layer so every layer keeps the same width: the multiple of keep_multiple nearest to
+    the asked ratio (2048 x 0.70 = 1433.6 -> 1536 at 256, i.e. 25 % removed, not the 37.5 % a floor gives)."""
+    keep = min(widths) * (1 - ratio)
+    keep = max(keep_multiple, int(round(keep / keep_multiple)) * keep_multiple) if keep_multiple > 1 \
+        else max(1, int(round(keep)))
     return [w - min(keep, w) for w in widths]
 
 
@@ -225,6 +227,10 @@ def allocate(model: nn.Module, layer_scores: list[torch.Tensor], cfg: PruneConfi
     widths = ffn_widths(model)
     if cfg.allocation == "uniform":
         counts = uniform_counts(widths, cfg.ratio, cfg.keep_multiple)
+        real = sum(counts) / sum(widths)
+        if abs(real - cfg.ratio) > 1e-9:
+            log.warning("prune: ratio %.3f asked; uniform widths are multiples of %d, so %.1f %% of FFN neurons are "
+                        "removed (each layer keeps %d)", cfg.ratio, cfg.keep_multiple, 100 * real, widths[0] - counts[0])
     else:
         n_dead = [int(stats.dead(i, cfg.dead_activity).sum()) for i in range(len(widths))] if stats else None
         counts = layerwise_counts(widths, cfg.ratio, cfg, n_dead)
@@ -363,7 +369,7 @@ def run(cfg: PruneConfig) -> Path:
     if not train_path.exists():
         raise ValueError(f"data: {train_path} does not exist; build the dataset first (farmslm data build)")
     base_path = Path(cfg.base)
-    inputs = {"train": artifacts.hash_path(train_path)}
+    inputs = {"train": artifacts.hash_path(train_path), "code": artifacts.code_hash("farmslm.model.prune")}
     if cfg.base != "default":
         inputs["base"] = artifacts.hash_path(base_path)
     if artifacts.is_done(out_dir, cfg, inputs):

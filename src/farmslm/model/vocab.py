@@ -373,9 +373,11 @@ def run(cfg: VocabConfig, model: str, data_dir: str | Path, out_dir: str | Path,
         if not Path(data_dir).is_dir():
             raise ConfigError(f"--data: {data_dir} is not a dataset directory (run `farmslm data build`)")
         texts = domain_texts(data_dir)
-        inputs["data"] = artifacts.hash_path(data_dir)
+        inputs["data"] = artifacts.hash_path(Path(data_dir) / "train.jsonl")  # the only split the corpus reads
+        inputs["knowledge"] = artifacts.hash_config(texts)
     else:
         inputs["texts"] = artifacts.hash_config(texts)
+    inputs["code"] = artifacts.code_hash("farmslm.model.vocab")
     if artifacts.is_done(out_dir, cfg, inputs) and (out_dir / VOCAB_MAP).exists():
         log.info("vocab: %s is up to date, skipping", out_dir)
         return out_dir

@@ -107,10 +107,6 @@ async function refresh() {
   }
 }
 
-function showWarnings(target, messages) {
-  target.replaceChildren(...messages.map((m) => el("div", {}, "⚠ " + m.message)));
-}
-
 async function ask(event) {
   event.preventDefault();
   const question = $("question").value.trim();
@@ -124,7 +120,6 @@ async function ask(event) {
   answer.classList.remove("error");
   meta.textContent = t("waiting");
   sources.replaceChildren();
-  $("answer-warnings").replaceChildren();
   $("ask-button").disabled = true;
   try {
     const res = await fetch("/v1/ask", { method: "POST", headers: headers(),
@@ -147,8 +142,7 @@ async function ask(event) {
         buffer = buffer.slice(cut + 2);
         const kind = (block.match(/^event: (.*)$/m) || [])[1];
         const data = JSON.parse((block.match(/^data: (.*)$/m) || [])[1] || "null");
-        if (kind === "meta") showWarnings($("answer-warnings"), data.messages);
-        else if (kind === "token") answer.textContent += data.text;
+        if (kind === "token") answer.textContent += data.text;
         else if (kind === "error") throw new Error(data.message);
         else if (kind === "done") {
           answer.textContent = data.answer;
