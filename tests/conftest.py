@@ -59,3 +59,49 @@ def default_gguf() -> Path:
     from farmslm.model.load import default_gguf as packaged
 
     return packaged()
+
+
+# `python -m llama_cpp.server`, with llama.cpp's extra (repacked/AMX) weight buffers off: llama-cpp-python
+# 0.3.36 segfaults in decode with them on AMX CPUs (see runtime/engine.py); the server has no flag for it.
+_LLAMA_SERVER = """
+import runpy, sys
+import llama_cpp.llama_cpp as lib
+default_params = lib.llama_model_default_params
+def params():
+    p = default_params()
+    p.use_extra_bufts = False
+    return p
+lib.llama_model_default_params = params
+sys.argv = ["llama_cpp.server", *{args!r}]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_llama_server(model: Path, log_path: Path, *extra: str):
+    """A real llama.cpp server process on a free port -> (process, base url); waits until it answers."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    log = open(log_path, "w")
+    args = ["--model", str(model), "--port", str(port), "--n_ctx", "2048", *extra]
+    proc = subprocess.Popen([sys.executable, "-c", _LLAMA_SERVER.format(args=args)], stdout=log, stderr=log)
+    for _ in range(240):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise AssertionError("llama.cpp server did not start: " + log_path.read_text()[-2000:])

@@ -147,3 +147,73 @@ def test_variants_and_profile_errors_name_the_field():
     for profile in ("quick", "standard", "full"):
         cfgs = build.stage_configs(profile)
         assert cfgs["build"].final in cfgs["build"].variants
+
+
+KILL_VARIANTS = ["finetuned_q8_0"]
+_RUNNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_build_smoke import smoke_overrides
+from farmslm import build
+build.run({out!r}, "quick", {base!r}, smoke_overrides({variants!r}) | {{"train": {{**smoke_overrides([])["train"],
+          "max_steps": 6, "save_steps": 1}}}}, show_progress=False)
+"""
+
+
+def _build_proc(out: Path, base: Path):
+    import subprocess
+    import sys
+
+    code = _RUNNER.format(tests=str(Path(__file__).parent), out=str(out), base=str(base), variants=KILL_VARIANTS)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(proc, ready, what: str) -> None:
+    import signal
+    import time
+
+    end = time.monotonic() + 600
+    while time.monotonic() < end:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the build ended before it could be killed {what}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.002)
+    raise AssertionError(f"never reached the point to kill {what}")
+
+
+def _final_hashes(out: Path) -> dict[str, str]:
+    from farmslm import artifacts
+
+    files = [out / "model.gguf", out / "model.knowledge.json", *sorted((out / "export").rglob("*.gguf")),
+             *sorted((out / "merged").rglob("model.safetensors"))]
+    return {str(p.relative_to(out)): artifacts.hash_path(p) for p in files}
+
+
+def test_sigkill_during_training_and_export_resumes_to_identical_files(tmp_path):
+    """A build killed with SIGKILL in the middle of training, then of export, resumes; its final files are
+    byte-identical to an uninterrupted build's."""
+    from farmslm import build
+
+    base = tiny_base(tmp_path)
+    ref = tmp_path / "ref"
+    overrides = smoke_overrides(KILL_VARIANTS)
+    overrides["train"] = {**overrides["train"], "max_steps": 6, "save_steps": 1}
+    build.run(ref, "quick", str(base), overrides, show_progress=False)
+
+    out = tmp_path / "killed"
+    train_dir = out / "train" / "finetuned"
+    proc = _build_proc(out, base)
+    _kill_when(proc, lambda: (train_dir / "checkpoints" / "last.pt").exists(), "during training")
+    assert not (train_dir / "meta.json").exists()  # killed mid-stage, a checkpoint behind it
+    proc = _build_proc(out, base)
+    export_dir = out / "export" / "finetuned"
+    _kill_when(proc, lambda: export_dir.exists(), "during export")
+    assert not (export_dir / "meta.json").exists()
+    assert not list(export_dir.glob("*.gguf")) or all(p.stat().st_size > 0 for p in export_dir.glob("*.gguf"))
+    build.run(out, "quick", str(base), overrides, show_progress=False)  # resume to the end
+
+    assert _final_hashes(out) == _final_hashes(ref)
+    assert not list(out.rglob("*.tmp"))  # no half-written file left behind

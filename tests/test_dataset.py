@@ -335,56 +335,22 @@ def test_default_build_meets_distribution(tmp_path):
 
 # ---- LLM backend against a real llama.cpp server -----------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# `python -m llama_cpp.server`, with llama.cpp's extra (repacked/AMX) weight buffers off: llama-cpp-python
-# 0.3.36 segfaults in decode with them on AMX CPUs (see runtime/engine.py); the server has no flag for it.
-_SERVER = """
-import runpy, sys
-import llama_cpp.llama_cpp as lib
-default_params = lib.llama_model_default_params
-def params():
-    p = default_params()
-    p.use_extra_bufts = False
-    return p
-lib.llama_model_default_params = params
-sys.argv = ["llama_cpp.server", *{args!r}]
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
-"""
-
-
 @pytest.mark.slow
 def test_llm_backend_with_llama_cpp_server(tmp_path, default_gguf):
     """The pipeline (requests, verification, quarantine with reasons) against llama.cpp's server running the
     packaged base model. It is not instruction-tuned, so most rows may land in quarantine: that is fine."""
     pytest.importorskip("llama_cpp.server")
-    import httpx
+    from conftest import start_llama_server
 
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    args = ["--model", str(default_gguf), "--port", str(port), "--n_ctx", "2048", "--model_alias", "tomato-base",
-            "--chat_format", "gemma"]
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER.format(args=args)], stdout=log, stderr=log)
+    proc, url = start_llama_server(default_gguf, tmp_path / "server.log", "--model_alias", "tomato-base",
+                                   "--chat_format", "gemma")
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("llama.cpp server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-        cfg = build.DataConfig(out_dir=str(tmp_path / "llm"), size=20, llm_endpoint=f"http://127.0.0.1:{port}/v1",
+        cfg = build.DataConfig(out_dir=str(tmp_path / "llm"), size=20, llm_endpoint=url,
                                llm_model="tomato-base", llm_rows=4, llm_max_tokens=32)
         out = build.run(cfg)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-        log.close()
     card = read_json(out / "card.json")
     llm = card["verification"]["llm"]
     assert llm["requested"] == 4 and llm["answered"] + llm["request_failed"] == 4

@@ -339,3 +339,53 @@ def test_cli_chat_sets_sensors_and_answers():
     assert "[STATUS: temp_c=36, period=day]" in result.output
     assert "temp_c: got 99" in result.output  # a bad /sensors line is reported, the session goes on
     assert "[HIGH_TEMP]" in result.output and "tok/s" in result.output and "Air temperature too high" in result.output
+
+
+def test_llama_cpp_log_lines_go_to_logging_not_the_terminal(default_gguf, caplog):
+    """`farmslm ask` printed llama.cpp's internal lines (KV cache, loader) on the grower's terminal."""
+    import logging
+    import subprocess
+    import sys
+
+    code = (f"from farmslm.runtime.engine import Engine\n"
+            f"e = Engine({str(default_gguf)!r}, n_threads=1, n_ctx=256, parallel=2)\n"
+            f"print(e.ask('What is a tomato?', guard=False, max_tokens=4).model_text is not None)\ne.close()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-1000:]
+    assert proc.stderr == "", proc.stderr[-1000:]  # nothing from llama.cpp on the terminal
+    with caplog.at_level(logging.DEBUG, logger="farmslm.llama"):
+        Engine(default_gguf, n_threads=1, n_ctx=256).close()
+    assert any(r.name == "farmslm.llama" for r in caplog.records)  # the lines went to the log instead
+
+
+@pytest.mark.slow
+def test_concurrent_answers_share_decode_steps_and_start_like_sequential_ones(default_gguf):
+    """Continuous batching: four questions at once are decoded together; greedy answers begin with the same
+    tokens as one at a time (llama.cpp's numerics change with the batch size, so not whole answers)."""
+    import threading
+
+    qs = ["What is a tomato?", "Why do tomato leaves turn yellow?", "How warm should a greenhouse be at night?",
+          "토마토 잎이 말려요. 왜 그런가요?"]
+    one = Engine(default_gguf, n_threads=2, n_ctx=512)
+    try:
+        ref = [one.ask(q, guard=False, max_tokens=16).model_text for q in qs]
+    finally:
+        one.close()
+    many = Engine(default_gguf, n_threads=2, n_ctx=512, parallel=4)
+    out: list = [None] * len(qs)
+    try:
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, many.ask(qs[i], guard=False, max_tokens=16)))
+                   for i in range(len(qs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert many.scheduler.steps > 0  # decode steps held several sequences
+        for a, b in zip(ref, out):
+            assert b.model_text[:10] == a[:10], (a, b.model_text)
+        stopped = many.ask(qs[0], guard=False, max_tokens=16, should_stop=lambda: True)
+        assert stopped.timings.stop == "cancelled"
+        again = many.ask(qs[1], guard=False, max_tokens=16).model_text  # the cancelled slot was freed
+        assert again[:10] == ref[1][:10]
+    finally:
+        many.close()

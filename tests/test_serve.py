@@ -635,3 +635,43 @@ def test_cli_serve_refuses_unsafe_or_missing_settings(monkeypatch):
                          (["--config", "/nope.yaml"], "--config")]:
         result = CliRunner().invoke(app, ["serve", *args])
         assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def _tiny_gguf(tmp_path):
+    """A tiny random gemma3 GGUF: it writes text where the packaged base model stops at once."""
+    from test_build_smoke import tiny_base
+
+    from farmslm.model.export import ExportConfig, run as export
+
+    return export(ExportConfig(model_dir=str(tiny_base(tmp_path)), out=str(tmp_path / "tiny.gguf"), dtype="f16"))
+
+
+@pytest.mark.slow
+def test_external_engine_url_against_a_real_llama_cpp_server(tmp_path):
+    """serve --engine-url: farmslm judges the readings and writes the rule sentences; a real llama.cpp server
+    process generates the continuation, the same greedy text as in process."""
+    from conftest import start_llama_server
+
+    from farmslm.runtime.engine import Engine
+    from farmslm.runtime.remote import RemoteEngine
+
+    model = _tiny_gguf(tmp_path)
+    proc, url = start_llama_server(model, tmp_path / "llama-server.log")
+    try:
+        local = Engine(model, n_threads=2, n_ctx=1024)
+        want = local.ask("Is it too hot for the tomatoes?", HOT, max_tokens=8, repeat_penalty=1.0)
+        local.close()
+        remote = RemoteEngine(model, url, repeat_penalty=1.0)
+        got = remote.ask("Is it too hot for the tomatoes?", HOT, max_tokens=8)
+        assert got.warnings == want.warnings and got.rule_text == want.rule_text
+        assert want.model_text and got.model_text[:8] == want.model_text[:8] and got.timings.gen_tokens > 0
+        with serving(None, model=str(model), engine_url=url, max_tokens=8, repeat_penalty=1.0) as srv:
+            r = httpx.post(srv.url + "/v1/ask", json={"question": "Is it too hot for the tomatoes?", "sensors": HOT},
+                           timeout=120).json()
+            assert r["answer"].startswith(want.rule_text) and r["model_text"][:8] == want.model_text[:8]
+            events = sse_events(httpx.post(srv.url + "/v1/ask", json={"question": "Is it hot?", "sensors": HOT,
+                                                                      "stream": True}, timeout=120).text)
+            assert events[-1][0] == "done" and events[-1][1]["answer"].startswith(want.rule_text)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

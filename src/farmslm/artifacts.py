@@ -40,11 +40,19 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a killed run writing this file
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -106,9 +114,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _module_file(name: str) -> Path | None:
+def _module_file(name: str, root: Path | None = None) -> Path | None:
     """farmslm.a.b -> its source file (module or package __init__), None if it is not ours."""
-    root = Path(__file__).resolve().parent
+    root = root or Path(__file__).resolve().parent
     parts = name.split(".")
     if parts[0] != "farmslm":
         return None
@@ -133,13 +141,13 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def import_closure(*modules: str) -> dict[str, Path]:
+def import_closure(*modules: str, root: Path | None = None) -> dict[str, Path]:
     """The farmslm modules `modules` reach through imports, transitively: name -> source file."""
     seen: dict[str, Path] = {}
     todo = list(modules)
     while todo:
         name = todo.pop()
-        path = _module_file(name)
+        path = _module_file(name, root)
         if path is None or name in seen:
             continue
         seen[name] = path
@@ -147,14 +155,14 @@ def import_closure(*modules: str) -> dict[str, Path]:
     return seen
 
 
-def code_hash(*modules: str) -> str:
+def code_hash(*modules: str, root: Path | None = None) -> str:
     """sha256 of the farmslm version and the source of `modules` and all farmslm code they import.
 
     Part of every stage key: a fix to the code a stage runs re-runs that stage, not one that it never runs.
     """
     h = hashlib.sha256(versions().get("farmslm", "0").encode())
-    root = Path(__file__).resolve().parent
-    for name, path in sorted(import_closure(*modules).items()):
+    root = root or Path(__file__).resolve().parent
+    for name, path in sorted(import_closure(*modules, root=root).items()):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 

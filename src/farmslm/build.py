@@ -42,7 +42,8 @@ log = logging.getLogger("farmslm.build")
 
 TRAINED = {"finetuned": "vocab", "pruned_lora": "prune", "pruned_lora_kd": "prune"}  # variant -> model it trains
 UNTRAINED = {"base": "vocab", "pruned": "prune"}  # variant -> model dir, evaluated with a few-shot prompt
-QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs")  # variant suffixes: f16 or a llama.cpp type
+QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs",  # variant suffixes: f16, a llama.cpp type,
+          "q4k_e8", "q4k_e8_a8", "q4k_e6", "q4k_e8_d6")  # or a mix of per-tensor types (model.quantize.MIXES)
 DEFAULT_QUANTS = ("f16", "q4_k_m")
 FULL_VARIANTS = tuple(f"{v}_{q}" for v in ("base", "finetuned", "pruned", "pruned_lora", "pruned_lora_kd")
                       for q in DEFAULT_QUANTS)  # the standard profile's comparison
@@ -215,8 +216,8 @@ class Build:
         out = self.out / "export" / variant
         f16 = out / "model-f16.gguf"
         qcfgs = {q: dataclasses.replace(self.cfgs["quantize"], in_gguf=str(f16), out=str(out / f"model-{q}.gguf"),
-                                        qtype=q.upper(), imatrix_data=str(data_dir), model_dir=str(model_dir),
-                                        n_threads=self.cfg.threads)
+                                        imatrix_data=str(data_dir), model_dir=str(model_dir), n_threads=self.cfg.threads,
+                                        **(quantize.MIXES[q] if q in quantize.MIXES else {"qtype": q.upper()}))
                  for q in sorted(quants - {"f16"})}
         from farmslm.domain import retrieve
         from farmslm.domain.prompt import FORMAT

@@ -194,6 +194,9 @@ def serve(model: Optional[str] = typer.Option(None, help="GGUF path, or 'default
           port: Optional[int] = typer.Option(None, help="TCP port (default 8080)."),
           config: Optional[Path] = typer.Option(None, help="YAML file with any ServeConfig field (deploy/farmslm.yaml)."),
           mqtt_host: Optional[str] = typer.Option(None, help="MQTT broker for the live feed (topic farm/<zone>/sensors)."),
+          engine_url: Optional[str] = typer.Option(None, help="External OpenAI-compatible engine that generates "
+                                                              "(llama.cpp server, vLLM); rules and retrieval stay here."),
+          parallel: Optional[int] = typer.Option(None, help="Answers generated at once, batched (default 1)."),
           insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without an API key."),
           lazy: bool = typer.Option(False, "--lazy", help="Load the model on the first request."),
           few_shot: bool = typer.Option(False, "--few-shot", help="Prefix worked examples (untrained base model).")) -> None:
@@ -201,7 +204,8 @@ def serve(model: Optional[str] = typer.Option(None, help="GGUF path, or 'default
     from farmslm.config import ConfigError
     from farmslm.serve.config import load_config
     try:
-        cfg = load_config(config, model=model, host=host, port=port, mqtt_host=mqtt_host,
+        cfg = load_config(config, model=model, host=host, port=port, mqtt_host=mqtt_host, engine_url=engine_url,
+                          parallel=parallel,
                           insecure=insecure or None, lazy_load=lazy or None, few_shot=few_shot or None)
         if cfg.model != "default" and not Path(cfg.model).is_file():
             raise ConfigError(f"--model: {cfg.model} does not exist (give a .gguf file or 'default')")

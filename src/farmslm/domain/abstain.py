@@ -72,7 +72,7 @@ _IGNORE = re.compile(
 FEATURES = ("bias", "log_top_score", "top_coverage", "log_gap", "domain_terms", "tomato", "other_crop", "log_query_len")
 
 
-def features(question: str, lang: str, hits: list, analyzer: str = "mecab") -> dict[str, float]:
+def features(question: str, lang: str, hits: list, analyzer: str | None = None) -> dict[str, float]:
     """What the decision looks at: retrieval strength, how much of the question the top fact covers,
     and whether the question is about tomato growing at all."""
     from farmslm.domain import retrieve, terms
@@ -84,7 +84,7 @@ def features(question: str, lang: str, hits: list, analyzer: str = "mecab") -> d
             "log_gap": math.log1p(max(0.0, top - second)), "domain_terms": min(n_terms, 3) / 3,
             "tomato": float(bool(_TOMATO.search(question))),
             "other_crop": float(bool(_OTHER_CROP.search(question)) and not _TOMATO.search(question)),
-            "log_query_len": math.log1p(len(retrieve.tokens(question, lang, analyzer)))}
+            "log_query_len": math.log1p(len(retrieve.tokens(question, lang, analyzer or retrieve.DEFAULT_ANALYZER)))}
 
 
 def probability(feats: dict[str, float], model: dict) -> float | None:
@@ -100,7 +100,7 @@ def decide(question: str, lang: str, hits: list, index) -> dict:
     """{abstain, reason, p, features}: decline requests to ignore the sensors, questions about other crops,
     questions nothing was retrieved for, and those the calibrated model scores below its threshold."""
     model = getattr(index, "abstain", None) or {}
-    feats = features(question, lang, hits, getattr(index, "analyzer", "mecab"))
+    feats = features(question, lang, hits, getattr(index, "analyzer", None))
     p = probability(feats, model)
     out = {"abstain": False, "reason": "", "p": None if p is None else round(p, 4), "features": feats}
     if _IGNORE.search(question):
@@ -139,11 +139,19 @@ def calibrate(index, fit_pos: list[tuple[str, str]], fit_neg: list[tuple[str, st
     clf = LogisticRegression(C=1.0, class_weight="balanced", fit_intercept=False, max_iter=2000).fit(x, y)
     model = {"weights": dict(zip(FEATURES, (round(float(w), 5) for w in clf.coef_[0]))), "threshold": 0.5}
 
+    def scored(pairs):  # (hard rule abstains, P(answerable)) per pair, computed once
+        out = []
+        for q, lang in pairs:
+            d = decide(q, lang, index.search(q, lang, k), _Holder(index, {**model, "threshold": 0.0}))
+            out.append((d["abstain"], d["p"]))
+        return out
+
+    pos_s, neg_s = scored(dev_pos), scored(dev_neg)
+
     def rates(threshold: float) -> tuple[float, float]:
-        m = {**model, "threshold": threshold}
-        fa = sum(decide(q, lang, index.search(q, lang, k), _Holder(index, m))["abstain"] for q, lang in dev_pos)
-        ab = sum(decide(q, lang, index.search(q, lang, k), _Holder(index, m))["abstain"] for q, lang in dev_neg)
-        return fa / max(1, len(dev_pos)), ab / max(1, len(dev_neg))
+        fa = sum(hard or p < threshold for hard, p in pos_s)
+        ab = sum(hard or p < threshold for hard, p in neg_s)
+        return fa / max(1, len(pos_s)), ab / max(1, len(neg_s))
 
     best = (0.0, *rates(0.0))
     for threshold in [round(t, 3) for t in np.arange(0.05, 0.96, 0.025)]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 
 QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS")
 # IQ4_XS needs an imatrix in llama.cpp only below 4 bits; all types here work without one.
+TENSOR_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0")  # per-tensor types a mix may set (ggml names)
+# Mixed files: a llama.cpp file type for the body plus per-tensor types (llama_model_quantize_params'
+# token_embedding_type and tensor-type overrides, regexes on GGUF tensor names). The tied embedding is both the
+# input table and the output head: 18 % of the vocab-trimmed, pruned model's weights and every logit.
+MIXES = {
+    "q4k_e8": {"qtype": "Q4_K_M", "token_embedding_type": "Q8_0"},
+    "q4k_e8_a8": {"qtype": "Q4_K_M", "token_embedding_type": "Q8_0",
+                  "tensor_types": {r"attn_(q|k|v|output)\.weight": "Q8_0"}},
+    "q4k_e6": {"qtype": "Q4_K_M", "token_embedding_type": "Q6_K"},
+    "q4k_e8_d6": {"qtype": "Q4_K_M", "token_embedding_type": "Q8_0", "tensor_types": {r"ffn_down\.weight": "Q6_K"}},
+}
 
 # A few domain sentences for calibration when no dataset is given (Korean and English).
 FALLBACK_TEXTS = (
@@ -52,6 +63,8 @@ class QuantizeConfig:
     max_texts: int = 256  # calibration texts used at most
     max_tokens: int = 512  # tokens per calibration text at most
     n_threads: int = 0  # quantization threads (0 = all cores)
+    token_embedding_type: str = ""  # per-tensor type of token_embd (the tied output head too); "" = the file type's
+    tensor_types: dict = field(default_factory=dict)  # regex on GGUF tensor names -> ggml type, e.g. {"attn_q": "Q8_0"}
 
 
 # ---- importance matrix ---------------------------------------------------------------------------
@@ -140,11 +153,22 @@ def read_imatrix(path: str | Path) -> Imatrix:
 
 # ---- llama.cpp quantization ----------------------------------------------------------------------
 
-def quantize_gguf(in_gguf: str | Path, out: str | Path, qtype: str = "Q4_K_M", imatrix: Imatrix | None = None,
-                  n_threads: int = 0) -> Path:
-    """Run llama.cpp's llama_model_quantize (the same code as `llama-quantize`)."""
+def _ggml_type(name: str, field_name: str) -> int:
     import llama_cpp
 
+    if name.upper() not in TENSOR_TYPES:
+        raise ValueError(f"{field_name}: {name!r} is not one of {', '.join(TENSOR_TYPES)}")
+    return getattr(llama_cpp, f"GGML_TYPE_{name.upper()}")
+
+
+def quantize_gguf(in_gguf: str | Path, out: str | Path, qtype: str = "Q4_K_M", imatrix: Imatrix | None = None,
+                  n_threads: int = 0, token_embedding_type: str = "", tensor_types: dict | None = None) -> Path:
+    """Run llama.cpp's llama_model_quantize (the same code as `llama-quantize`), optionally with per-tensor types."""
+    import llama_cpp
+
+    from farmslm.runtime.engine import route_llama_logs
+
+    route_llama_logs()
     if qtype not in QUANT_TYPES:
         raise ValueError(f"--type: {qtype!r} is not one of {', '.join(QUANT_TYPES)}")
     out = Path(out)
@@ -152,6 +176,18 @@ def quantize_gguf(in_gguf: str | Path, out: str | Path, qtype: str = "Q4_K_M", i
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     params.nthread = n_threads
     keep = []  # ctypes buffers must outlive the call
+    if token_embedding_type:
+        params.token_embedding_type = _ggml_type(token_embedding_type, "token_embedding_type")
+    if tensor_types:
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (pattern, ttype) in enumerate(sorted(tensor_types.items())):
+            cpat = pattern.encode()
+            keep.append(cpat)
+            overrides[i].pattern = cpat
+            overrides[i].type = _ggml_type(ttype, "tensor_types")
+        overrides[len(tensor_types)].pattern = None  # array terminator
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(overrides)
     if imatrix is not None:
         entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix.sums) + 1))()
         for i, (name, values) in enumerate(sorted(imatrix.mean_squares().items())):
@@ -202,8 +238,11 @@ def build_imatrix(cfg: QuantizeConfig) -> Imatrix | None:
     loaded = load_any(cfg.model_dir or cfg.in_gguf)
     tok = get_tokenizer(cfg.in_gguf)
     texts = calibration_texts(cfg.imatrix_data, cfg.max_texts)
+    # the calibration data by content, not by path: the same build in another directory writes the same file
+    dataset = (f"train.jsonl sha256:{artifacts.hash_path(Path(cfg.imatrix_data) / 'train.jsonl')[:16]}"
+               if cfg.imatrix_data else "builtin")
     return compute_imatrix(loaded.model, loaded.arch, [tok.encode(t)[: cfg.max_tokens] for t in texts],
-                           dataset=str(cfg.imatrix_data or "builtin"))
+                           dataset=dataset)
 
 
 def run(cfg: QuantizeConfig, imx: Imatrix | None = None) -> Path:
@@ -219,4 +258,5 @@ def run(cfg: QuantizeConfig, imx: Imatrix | None = None) -> Path:
         imx = build_imatrix(cfg)
     if imx is not None:
         write_imatrix(imx, Path(cfg.out).with_suffix(".imatrix.gguf"))
-    return quantize_gguf(cfg.in_gguf, cfg.out, cfg.qtype, imx, cfg.n_threads)
+    return quantize_gguf(cfg.in_gguf, cfg.out, cfg.qtype, imx, cfg.n_threads, cfg.token_embedding_type,
+                         cfg.tensor_types)

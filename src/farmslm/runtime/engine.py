@@ -154,46 +154,86 @@ def passive_omp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+_LLAMA_LOG = logging.getLogger("farmslm.llama")
+_LLAMA_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_log_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+
+
+def route_llama_logs() -> None:
+    """llama.cpp's own log lines (load, KV cache, quantize) go to Python logging ("farmslm.llama"), never
+    straight to the grower's terminal; `-v`/a log handler shows them when wanted."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    last = [logging.DEBUG]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lvl = last[0] if level == 5 else _LLAMA_LEVELS.get(level, logging.DEBUG)  # 5 = continue the last line
+        last[0] = lvl
+        msg = text.decode("utf-8", errors="replace").rstrip("\n")
+        if msg and _LLAMA_LOG.isEnabledFor(lvl):
+            _LLAMA_LOG.log(lvl, "%s", msg)
+
+    _log_callback = callback
+    if _LLAMA_LOG.level == logging.NOTSET:  # llama.cpp's INFO lines (every tensor it loads) are noise by default
+        _LLAMA_LOG.setLevel(logging.WARNING)
+    _LLAMA_LOG.addHandler(logging.NullHandler())  # no handler configured (the CLI): the log, not the terminal
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def check_repeat_penalty(value: float) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 1.0 <= value <= 2.0):
         raise InputError("repeat_penalty", f"got {value!r}; expected a number in [1, 2] (1 = off)")
     return float(value)
 
 
-def load_llama(path: Path, extra_bufts: bool | None, **kwargs):
-    """Llama(...), optionally without llama.cpp's extra (repacked/AMX) weight buffers.
+def load_llama(path: Path, extra_bufts: bool | None, n_seq_max: int = 1, **kwargs):
+    """Llama(...), optionally without llama.cpp's extra (repacked/AMX) weight buffers, with n_seq_max sequences.
 
     llama-cpp-python 0.3.36 built from source segfaults in decode on AMX CPUs for batches > 1 with
-    those buffers; the Llama constructor has no flag for it, so the default params are wrapped here.
+    those buffers; the Llama constructor has no flag for either, so the default params are wrapped here.
     """
     passive_omp()
     import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
+    route_llama_logs()
+
     if extra_bufts is None:
         extra_bufts = not _cpu_has_amx()
     with _LOAD_LOCK:
-        original = lib.llama_model_default_params
+        original, original_ctx = lib.llama_model_default_params, lib.llama_context_default_params
 
         def params():
             p = original()
             p.use_extra_bufts = extra_bufts
             return p
 
-        lib.llama_model_default_params = params
+        def ctx_params():
+            p = original_ctx()
+            p.n_seq_max, p.kv_unified = n_seq_max, n_seq_max > 1  # one KV buffer the sequences share
+            return p
+
+        lib.llama_model_default_params, lib.llama_context_default_params = params, ctx_params
         try:
             return Llama(model_path=str(path), verbose=False, **kwargs)
         finally:
-            lib.llama_model_default_params = original
+            lib.llama_model_default_params, lib.llama_context_default_params = original, original_ctx
 
 
 class Engine:
-    """One loaded GGUF (+ its knowledge index). Not thread-safe: callers serialise (the server's worker)."""
+    """One loaded GGUF (+ its knowledge index). With parallel=1 not thread-safe (callers serialise); with
+    parallel=N up to N threads may call ask() at once: their greedy answers are batched (runtime.batch)."""
 
     def __init__(self, model_path: str | Path, n_threads: int | None = None, n_ctx: int = 1024,
                  few_shot: str = "", seed: int = 0, extra_bufts: bool | None = None,
                  repeat_penalty: float = REPEAT_PENALTY, index_path: str | Path | None = None,
-                 contact: dict | None = None):
+                 contact: dict | None = None, parallel: int = 1):
         passive_omp()
         from llama_cpp import llama_vocab_is_eog
 
@@ -207,11 +247,19 @@ class Engine:
         self.repeat_penalty = check_repeat_penalty(repeat_penalty)
         self.contact = dict(contact or {})
         n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
-        try:
-            self.llm = load_llama(path, extra_bufts, n_ctx=n_ctx, n_threads=n_threads, n_batch=min(512, n_ctx),
-                                   seed=seed)
+        if not isinstance(parallel, int) or not 1 <= parallel <= 64:
+            raise InputError("parallel", f"got {parallel!r}; expected an integer in [1, 64]")
+        self.parallel = parallel
+        try:  # with parallel > 1 every sequence gets n_ctx cells of one shared KV cache
+            self.llm = load_llama(path, extra_bufts, n_seq_max=parallel, n_ctx=n_ctx * parallel, n_threads=n_threads,
+                                   n_batch=min(512, n_ctx), seed=seed)
         except ValueError as exc:  # llama_cpp raises ValueError("Failed to load model from file: ...")
             raise InputError("model", f"{path} could not be loaded by llama.cpp ({exc})") from None
+        self.scheduler = None
+        if parallel > 1:
+            from farmslm.runtime.batch import BatchScheduler
+
+            self.scheduler = BatchScheduler(self.llm, parallel, n_batch=min(512, n_ctx))
         vocab = self.llm._model.vocab
         self._is_eog = lambda token: bool(llama_vocab_is_eog(vocab, token))
         meta = self.llm.metadata
@@ -237,6 +285,8 @@ class Engine:
                 log.info(self.index_note)
 
     def close(self) -> None:
+        if getattr(self, "scheduler", None) is not None:
+            self.scheduler.close()
         self.llm.close()
 
     def prompt(self, question: str, readings: Readings | None, tag: str | None, facts: list[dict] | None = None,
@@ -321,11 +371,11 @@ class Engine:
 
     def cite(self, text: str, facts: list[dict], lang: str) -> list[dict]:
         """The prompt's facts whose numbers or distinctive words the answer carries, with their sources."""
-        from farmslm.domain.retrieve import carried
+        from farmslm.domain.retrieve import DEFAULT_ANALYZER, carried
 
         out = []
         for f in facts:
-            if carried(text, f, lang, self.index.analyzer if self.index else "mecab"):
+            if carried(text, f, lang, self.index.analyzer if self.index else DEFAULT_ANALYZER):
                 src = [self.index.sources.get(s, {}) for s in f.get("source", [])] if self.index else []
                 out.append({"id": f["id"], "source": "; ".join(f"{s.get('publisher', '')}: {s.get('title', '')}"
                                                                .strip(": ") for s in src),
@@ -348,8 +398,11 @@ class Engine:
         model_codes: list[str] | None = None
         t0 = time.perf_counter()
         t_first = t_last = t0
-        gen = self.llm.generate(tokens, temp=float(temperature), top_k=40 if temperature else 1,
-                                top_p=0.95, min_p=0.05, repeat_penalty=penalty)
+        if getattr(self, "scheduler", None) is not None and not temperature:  # concurrent answers share decode steps
+            gen = self.scheduler.generate(tokens, max_tokens, penalty)
+        else:
+            gen = self.llm.generate(tokens, temp=float(temperature), top_k=40 if temperature else 1,
+                                    top_p=0.95, min_p=0.05, repeat_penalty=penalty)
         for token in gen:
             now = time.perf_counter()
             if t.gen_tokens == 0:

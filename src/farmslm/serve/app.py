@@ -119,14 +119,21 @@ def create_app(cfg: ServeConfig, engine_factory: Callable[[], Any] | None = None
     """The app; engine_factory() -> an object with Engine's ask/close/name (tests pass fakes)."""
     metrics = Metrics()
     logger = request_logger(cfg.log_path, cfg.log_max_bytes, cfg.log_backups)
-    if engine_factory is None:
+    if engine_factory is None and cfg.engine_url:
+        def engine_factory():
+            from farmslm.runtime.engine import resolve_model
+            from farmslm.runtime.remote import RemoteEngine
+            return RemoteEngine(resolve_model(cfg.model), cfg.engine_url, cfg.engine_model,
+                                timeout_s=cfg.request_timeout_s, repeat_penalty=cfg.repeat_penalty,
+                                contact={"en": cfg.contact_en, "ko": cfg.contact_ko})
+    elif engine_factory is None:
         def engine_factory():
             from farmslm.runtime.engine import Engine, default_few_shot, resolve_model
             return Engine(resolve_model(cfg.model), n_threads=cfg.n_threads, n_ctx=cfg.n_ctx,
                           few_shot=default_few_shot() if cfg.few_shot else "", repeat_penalty=cfg.repeat_penalty,
-                          contact={"en": cfg.contact_en, "ko": cfg.contact_ko})
+                          contact={"en": cfg.contact_en, "ko": cfg.contact_ko}, parallel=cfg.parallel)
     worker = ModelWorker(engine_factory, cfg.queue_size, lazy=cfg.lazy_load, idle_unload_s=cfg.idle_unload_s,
-                         retry_max_s=cfg.load_retry_max_s)
+                         retry_max_s=cfg.load_retry_max_s, parallel=cfg.parallel)
     judge_cfg = JudgeConfig(cfg.sunrise, cfg.sunset, window_s=cfg.window_s)
     feed = SensorFeed(cfg.stale_after_s, cfg.mqtt_topic_prefix,
                       on_status=lambda s: metrics.feed_messages.labels(s).inc())

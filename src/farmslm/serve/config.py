@@ -26,6 +26,8 @@ ZONE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 @dataclass
 class ServeConfig:
     model: str = "default"  # GGUF path, or "default" for the packaged stock model
+    engine_url: str = ""  # an external OpenAI-compatible engine generating for farmslm ("" = llama.cpp in process)
+    engine_model: str = ""  # the model name that engine expects ("" = its default)
     host: str = "127.0.0.1"  # bind address; anything but loopback needs api_key unless insecure
     port: int = 8080
     api_key: str = ""  # bearer token for /v1/* and /metrics; FARMSLM_API_KEY overrides
@@ -34,7 +36,8 @@ class ServeConfig:
     allowed_hosts: list[str] = field(default_factory=list)  # Host headers accepted; [] = loopback names on
     # a loopback bind (blocks DNS rebinding from a browser), any host otherwise (the API key guards it)
     n_threads: int | None = None  # llama.cpp threads; None = all cores
-    n_ctx: int = 1024  # context window in tokens
+    n_ctx: int = 1024  # context window in tokens (per concurrent answer)
+    parallel: int = 1  # answers generated at once, batched into shared decode steps (a co-op box: 8; a Pi: 1)
     few_shot: bool = False  # prefix two worked examples (makes an untrained base model usable)
     max_tokens: int = 128  # default answer length in tokens
     repeat_penalty: float = REPEAT_PENALTY  # llama.cpp repetition penalty of answers, 1..2 (1 = off)
@@ -89,6 +92,8 @@ def check(cfg: ServeConfig) -> ServeConfig:
         raise ConfigError(f"stale_policy: got {cfg.stale_policy!r}; expected exclude|refuse")
     if not ZONE_RE.match(cfg.default_zone):
         raise ConfigError(f"default_zone: got {cfg.default_zone!r}; expected 1-32 of A-Z a-z 0-9 _ -")
+    if not 1 <= cfg.parallel <= 64:
+        raise ConfigError(f"parallel: got {cfg.parallel}; expected 1..64 concurrent answers")
     for name in ("max_tokens", "max_tokens_limit", "max_question_chars", "max_body_bytes", "n_ctx"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")

@@ -1,7 +1,5 @@
-"""One model, one generation at a time, a bounded queue in front of it.
-
-llama.cpp already uses every core for one sequence on a Pi-class CPU, so requests run one after
-another on a single worker thread; at most `queue_size` wait. Beyond that: Overloaded (429).
+"""One model, `parallel` generations at a time (1 on a Pi; more share decode steps, runtime.batch), a bounded
+queue in front of it: at most `queue_size` requests wait. Beyond that: Overloaded (429).
 The model loads at startup or on first use (lazy) and can be unloaded after an idle time. A load that
 fails is retried with back-off (1, 2, 4 ... up to `retry_max_s` seconds) until it succeeds; meanwhile
 requests get 503 with Retry-After and /healthz says when the next try is, never the raw error (that goes
@@ -34,8 +32,9 @@ class TimedOut(Exception):
 
 class ModelWorker:
     def __init__(self, load: Callable[[], Any], queue_size: int, lazy: bool = False, idle_unload_s: float = 0.0,
-                 retry_max_s: float = 60.0):
+                 retry_max_s: float = 60.0, parallel: int = 1):
         self._load = load
+        self.parallel = parallel
         self.retry_max_s = retry_max_s
         self.failures = 0  # consecutive failed loads
         self.retry_at = 0.0  # monotonic time of the next load attempt after a failure
@@ -49,7 +48,8 @@ class ModelWorker:
         self.pending = 0  # waiting + running
         self.closing = False
         self.last_used = time.monotonic()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farmslm-model")
+        self._executor = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="farmslm-model")
+        self._load_lock = threading.Lock()  # several worker threads: one load
         self._lock = threading.Lock()
         self._idle_task: asyncio.Task | None = None
 
@@ -78,7 +78,11 @@ class ModelWorker:
                     pass
 
     def _ensure_loaded(self) -> Any:
-        """Runs on the worker thread only."""
+        """Runs on a worker thread only."""
+        with self._load_lock:
+            return self._load_once()
+
+    def _load_once(self) -> Any:
         if self.engine is None:
             self.state = "loading"
             t0 = time.perf_counter()
@@ -134,7 +138,7 @@ class ModelWorker:
         if self.state == "failed":
             raise Unavailable(f"the model failed to load; next try in {self.retry_in_s():.0f} s")
         with self._lock:
-            if self.pending > self.queue_size:  # one running + queue_size waiting
+            if self.pending >= self.queue_size + self.parallel:  # `parallel` running + queue_size waiting
                 raise Overloaded(f"{self.pending} requests in progress; the queue holds {self.queue_size}")
             self.pending += 1
         deadline = time.monotonic() + timeout_s
