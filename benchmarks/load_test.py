@@ -190,6 +190,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     ap.add_argument("--queue-size", type=int, default=8)
+    ap.add_argument("--parallel", type=int, default=1, help="serve's `parallel`: answers batched into shared decode steps")
     ap.add_argument("--fuzz", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load_test"))
     ap.add_argument("--render", help="only rewrite the .md from this results .json")
@@ -201,14 +202,14 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     conf = Path(tempfile.mkdtemp()) / "serve.yaml"
-    conf.write_text(json.dumps({"queue_size": args.queue_size, "max_tokens": args.max_tokens,
+    conf.write_text(json.dumps({"queue_size": args.queue_size, "parallel": args.parallel, "max_tokens": args.max_tokens,
                                 "request_timeout_s": 300, "n_threads": args.threads,
                                 "log_path": str(conf.parent / "requests.jsonl")}))
     cmd = [sys.executable, "-m", "farmslm.cli", "serve", "--model", args.model, "--port", str(port),
            "--config", str(conf)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(conf.parent / "server.err", "w"))
     report: dict = {"model": args.model, "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                    "config": {"queue_size": args.queue_size, "max_tokens": args.max_tokens,
+                    "config": {"queue_size": args.queue_size, "parallel": args.parallel, "max_tokens": args.max_tokens,
                                "duration_s": args.duration, "threads": args.threads or os.cpu_count()}}
     try:
         t0 = time.monotonic()
@@ -227,7 +228,7 @@ def main() -> int:
             level = run_level(url, clients, args.duration, args.max_tokens, seed=clients)
             report["levels"].append(level)
             print(json.dumps(level), flush=True)
-        report["overload"] = overload(url, 3 * (args.queue_size + 1), args.max_tokens)
+        report["overload"] = overload(url, 3 * (args.queue_size + args.parallel), args.max_tokens)
         print(json.dumps(report["overload"]), flush=True)
         t0 = time.monotonic()
         report["fuzz"] = fuzz(url, args.fuzz)
@@ -252,7 +253,7 @@ def main() -> int:
             server.kill()
             report["shutdown_rc"] = "killed"
     report["load_avg_end"] = os.getloadavg()
-    below = [lv for lv in report["levels"] if lv["clients"] <= args.queue_size + 1]
+    below = [lv for lv in report["levels"] if lv["clients"] <= args.queue_size + args.parallel]
     report["passed"] = (all(lv["errors"] == 0 for lv in below) and report["overload"]["rejected"] > 0
                         and report["overload"]["crashes"] == 0 and not report["fuzz"]["server_errors"]
                         and report["after_fuzz"] == {"healthz": 200, "ask": 200, "server_alive": True})
@@ -267,14 +268,16 @@ def main() -> int:
 def markdown(r: dict) -> str:
     lines = [f"# Load test: `farmslm serve` on loopback ({r['model']})", "",
              f"{r['cpu_count']} CPU cores; load average at start {r['load_avg_start'][0]:.1f}; queue_size "
-             f"{r['config']['queue_size']}, max_tokens {r['config']['max_tokens']}, "
+             f"{r['config']['queue_size']}, parallel {r['config'].get('parallel', 1)}, max_tokens {r['config']['max_tokens']}, "
              f"llama.cpp threads {r['config'].get('threads')}, "
              f"{r['config']['duration_s']:g} s per level.", "",
-             "| clients | requests ok | errors | req/s | tokens/s | p50 s | p95 s | p99 s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| clients | requests ok | errors | req/s | tokens/s | × 1 client | p50 s | p95 s | p99 s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    one = next((lv["tokens_per_s"] for lv in r["levels"] if lv["clients"] == 1), None)
     for lv in r["levels"]:
+        ratio = f"{lv['tokens_per_s'] / one:.2f}" if one else "–"
         lines.append(f"| {lv['clients']} | {lv['ok']} | {lv['errors']} | {lv['throughput_rps']} | "
-                     f"{lv['tokens_per_s']} | {lv['p50_s']} | {lv['p95_s']} | {lv['p99_s']} |")
+                     f"{lv['tokens_per_s']} | {ratio} | {lv['p50_s']} | {lv['p95_s']} | {lv['p99_s']} |")
     o, f = r["overload"], r["fuzz"]
     lines += ["", f"Overload burst of {o['clients']} simultaneous requests: {o['statuses']} "
                   f"({o['rejected_with_retry_after']}/{o['rejected']} rejections carry Retry-After; "

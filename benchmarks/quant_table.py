@@ -17,7 +17,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
-# Built-in held-out domain texts, used when no dataset test split is given.
+# Built-in held-out domain texts, used when no dataset is given.
 BUILTIN = {
     "ko": ["Q: [STATUS: temp_c=33.0, humidity_pct=85] 토마토 잎이 시들어요. 어떻게 해야 하나요?\nA: 고온 다습합니다. "
            "환기창을 열고 차광막을 치세요. 관수는 아침에 하세요.",
@@ -41,11 +41,12 @@ BUILTIN = {
 
 
 def load_texts(data_dir: str | None, n: int) -> dict[str, list[str]]:
-    """Test-split texts by language (dataset rows: lang, text), else the built-in ones."""
-    if data_dir and (Path(data_dir) / "test.jsonl").exists():
+    """Validation-split texts by language (dataset rows: lang, text), else the built-in ones. Validation, not
+    test: this table chooses the default quantization, and test is read only by a build's report."""
+    if data_dir and (Path(data_dir) / "val.jsonl").exists():
         from farmslm.artifacts import read_jsonl
 
-        rows = read_jsonl(Path(data_dir) / "test.jsonl")
+        rows = read_jsonl(Path(data_dir) / "val.jsonl")
         return {lang: [r["text"] for r in rows if r["lang"] == lang][:n] for lang in ("ko", "en")}
     return {lang: texts[:n] for lang, texts in BUILTIN.items()}
 
@@ -58,7 +59,7 @@ def main() -> None:
     from farmslm.runtime.bench import BenchConfig, measure, perplexity, read_bandwidth_gb_s
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", help="dataset dir (test.jsonl for perplexity, corpus for calibration)")
+    ap.add_argument("--data", help="dataset dir (val.jsonl for perplexity, corpus for calibration)")
     ap.add_argument("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,IQ4_XS")
     ap.add_argument("--texts", type=int, default=8, help="texts per language for perplexity")
     ap.add_argument("--calib", type=int, default=64, help="calibration texts for the imatrix")
@@ -98,7 +99,7 @@ def main() -> None:
         print(json.dumps(r, ensure_ascii=False), flush=True)
         return r
 
-    source = f"test split of {args.data}" if args.data and (Path(args.data) / "test.jsonl").exists() else "built-in texts"
+    source = f"validation split of {args.data}" if args.data and (Path(args.data) / "val.jsonl").exists() else "built-in texts"
     rows: list[dict] = []
 
     def save() -> None:

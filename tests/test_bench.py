@@ -56,6 +56,18 @@ def test_bench_json_and_vs(tiny_ggufs):
         assert m["llama_prompt_tok_s"] >= m["prompt_tok_s"] * 0.95
     assert out["vs"]["size_ratio"] == pytest.approx(a["file_bytes"] / b["file_bytes"], abs=1e-3)
     assert out["vs"]["size_ratio"] < 0.5
+    assert out["machine"]["omp_wait_policy"] in ("passive", "brief", "active") and a["ask_ratio"] is not None
+
+
+def test_bench_rss_is_the_models_own_peak(tiny_ggufs):
+    """RSS is VmHWM of a fresh process holding what `ask` holds: a big file and a small one differ by about the
+    bytes that differ (ru_maxrss of a child carried the parent's 512 MiB bandwidth array before)."""
+    f32, q8 = tiny_ggufs
+    out = bench.run(bench.BenchConfig(model=str(f32), vs=str(q8), threads=1, prompt_tokens=16, gen_tokens=4,
+                                      repeats=1))
+    big, small = out["models"]
+    assert big["peak_rss_bytes"] - small["peak_rss_bytes"] >= 0.5 * (big["weight_bytes"] - small["weight_bytes"])
+    assert small["peak_rss_bytes"] < 400e6  # not the parent's 512 MiB array
 
 
 @pytest.mark.slow

@@ -74,11 +74,15 @@ def test_smoke_build_end_to_end_and_resume(tmp_path):
     report = artifacts.read_json(out / "report.json")
     assert set(report) == {"schema_version", "profile", "final", "durations_s", "variants", "selection", "index"}
     assert set(report["variants"]) == set(variants)
-    for name, v in report["variants"].items():
+    references = {"base_q4_k_m", "finetuned_f16", "pruned_lora_kd_f16"}  # cannot ship (untrained or f16): the quick
+    for name, v in report["variants"].items():                            # profile scores their answers only
         assert set(v) == set(SCHEMA), name
-        assert v["size_mb"] > 0 and v["params_m"] > 0 and v["gen_tok_s"] > 0 and v["rss_mb_max"] > 0
-        assert 0 <= v["warning_accuracy"] <= 1 and v["perplexity"] > 1
-        assert 0 <= v["faithful_rate"] <= 1 and 0 <= v["abstention_oos"] <= 1 and 0 <= v["recall_at_2"] <= 1
+        assert v["size_mb"] > 0 and v["params_m"] > 0 and v["rss_mb_max"] > 0 and 0 <= v["faithful_rate"] <= 1
+        if name in references:
+            assert v["gen_tok_s"] is None and v["warning_accuracy"] is None and v["abstention_oos"] is None, name
+            continue
+        assert v["gen_tok_s"] > 0 and 0 <= v["warning_accuracy"] <= 1 and v["perplexity"] > 1
+        assert 0 <= v["abstention_oos"] <= 1 and 0 <= v["recall_at_2"] <= 1
     # the final model is chosen on the validation split, among trained and quantized files only
     assert set(report["selection"]) == {"pruned_lora_q4_k_m", "pruned_lora_kd_q4_k_m"}
     assert report["final"] in report["selection"]

@@ -130,6 +130,26 @@ def test_split_utf8_and_max_tokens():
     assert short.model_text == "one two" and short.timings.stop == "length" and short.timings.gen_tokens == 2
 
 
+def test_a_repetition_loop_stops_at_the_last_whole_sentence_and_never_reaches_the_stream():
+    loop = (" Edema starts as watery blisters under old leaves. It is not a disease but comes from a wet substrate"
+            " plus high humidity. Not a disease but comes from a wet substrate plus high humidity. Not a disease but"
+            " comes from a wet substrate plus high humidity.")
+    pieces: list[str] = []
+    ans = scripted(loop).ask("Blisters under leaves?", HOT, on_piece=pieces.append)
+    assert ans.model_text == ("Edema starts as watery blisters under old leaves. It is not a disease but comes from a "
+                              "wet substrate plus high humidity.")
+    assert ans.timings.stop == "repeat" and "".join(pieces).startswith(ans.answer)  # streamed pieces may hold the
+    assert len("".join(pieces)) - len(ans.answer) <= eng.REPEAT_CHARS + 8            # loop's start, the answer not
+    ko = " 잎 뒷면에 물집이 생깁니다. 병이 아니라 배지가 젖고 습도가 높을 때 생기는 생리장해입니다." * 3
+    ans_ko = scripted(ko).ask("잎 뒤에 물집이 생겨요", HOT)
+    assert ans_ko.model_text == "잎 뒷면에 물집이 생깁니다. 병이 아니라 배지가 젖고 습도가 높을 때 생기는 생리장해입니다."
+    assert ans_ko.timings.stop == "repeat"
+    # a phrase repeated inside an answer (a fact and its action share words) is not a loop
+    fine = " Keep the daytime maximum below 30 °C at flowering. Shade and vent to keep the daytime maximum below 30 °C."
+    assert scripted(fine).ask("q", HOT).timings.stop == "eos"
+    assert eng.repeat_start("x" * 20) is None and eng.repeat_start("abc. " + "y" * 100) == 4
+
+
 def test_should_stop_cancels_and_keeps_the_answer_so_far():
     ans = scripted(" a b c d e f").ask("q", should_stop=lambda: True)
     assert ans.timings.stop == "cancelled" and ans.timings.gen_tokens == 1 and ans.model_text == "a"
@@ -203,6 +223,9 @@ def test_abstains_with_the_rule_sentences_for_other_crops_and_ignore_requests():
     assert nothing.abstained and nothing.abstain_reason == "not_in_knowledge" and nothing.retrieved == []
     calibrated = scripted(" x", grounded=True, abstain={"weights": {"bias": -50.0}, "threshold": 0.5})
     assert calibrated.ask("how warm should the house be at night").abstained  # below the calibrated threshold
+    beyond = calibrated.ask("what should I do right now?", HOT)  # the rule sentences answered what they can
+    assert beyond.abstained and beyond.abstain_reason == "not_in_knowledge"
+    assert beyond.model_text.startswith("Beyond what the readings show") and beyond.answer.startswith(beyond.rule_text)
     answered = scripted(" Keep tomato nights at 15–18 °C.", grounded=True,
                         abstain={"weights": {"bias": 50.0}, "threshold": 0.5}).ask("how warm should the house be at night")
     assert not answered.abstained and answered.model_text.startswith("Keep tomato nights")
@@ -389,3 +412,58 @@ def test_concurrent_answers_share_decode_steps_and_start_like_sequential_ones(de
         assert again[:10] == ref[1][:10]
     finally:
         many.close()
+
+
+def test_runtime_configuration_choice(monkeypatch):
+    """The product's OpenMP environment (runtime_config.md: brief spinning, then sleep) unless the user set one."""
+    assert eng.WAIT_POLICY == "brief" and eng.runtime_env() == {"GOMP_SPINCOUNT": "300000"}
+    assert eng.runtime_env("passive") == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("FARMSLM_OMP_WAIT_POLICY", "active")
+    assert eng.runtime_env() == {"OMP_WAIT_POLICY": "ACTIVE"}
+    with pytest.raises(InputError, match="wait_policy"):
+        eng.runtime_env("spin")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's choice stands
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    eng.set_runtime_env()
+    assert "GOMP_SPINCOUNT" not in __import__("os").environ
+
+
+def test_auto_threads_leave_the_cores_other_processes_use(monkeypatch):
+    """Before each answer the engine sets llama.cpp's threads to the cores others leave free (runtime.cpu)."""
+    import llama_cpp
+
+    from farmslm.runtime import cpu
+
+    assert cpu.CpuMonitor().free_cores(1) == 1
+    for busy, n_cpu, want in ((0.0, 2, 2), (0.3, 2, 2), (1.0, 2, 1), (5.0, 4, 1), (1.2, 4, 3)):
+        monkeypatch.setattr(cpu.CpuMonitor, "others_busy", lambda self, b=busy: b)
+        assert cpu.CpuMonitor().free_cores(n_cpu) == want, (busy, n_cpu)
+    calls = []
+    monkeypatch.setattr(llama_cpp, "llama_set_n_threads", lambda ctx, n, nb: calls.append((n, nb)))
+    engine = scripted(" Keep nights at 15–18 °C.")
+    engine.llm.ctx, engine.auto_threads, engine.max_threads, engine.threads_now = None, True, 2, 2
+    monkeypatch.setattr(cpu.CpuMonitor, "others_busy", lambda self: 1.0)
+    assert engine.ask("how warm at night?").timings.threads == 1 and calls == [(1, 1)]
+    monkeypatch.setattr(cpu.CpuMonitor, "others_busy", lambda self: 0.0)
+    assert engine.ask("how warm at night?").timings.threads == 2 and calls == [(1, 1), (2, 2)]
+
+
+def test_cpu_monitor_sees_a_competing_process():
+    import subprocess
+    import sys
+    import time
+
+    from farmslm.runtime.cpu import CpuMonitor
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        monitor = CpuMonitor(interval_s=0.2)
+        assert monitor.others_busy() >= 0.5  # one core spinning in another process
+        busy_here = time.process_time() + 0.6
+        while time.process_time() < busy_here:  # this process's own work is not "others"
+            pass
+        assert monitor.others_busy() < 1.8
+    finally:
+        hog.kill()
+        hog.wait()

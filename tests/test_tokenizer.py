@@ -131,3 +131,34 @@ def test_write_tokenizer_gguf_is_tensor_free_and_equivalent(default_gguf, tmp_pa
     vocab = read_vocab(out)
     assert len(vocab.tokens) == ref.vocab_size == len(vocab.scores)
     assert vocab.tokens[ref.bos_id] == b"<bos>" and ref.piece(ref.bos_id) == b"<bos>"
+
+
+def test_fast_gguf_reader_reads_what_gguf_py_reads(default_gguf, tmp_path):
+    """The fast reader (plain-ndarray slicing) yields gguf-py's own fields and tensors; the architecture comes
+    from the header without parsing the vocabulary."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from farmslm.model.tokenizer import gguf_arch_of, gguf_reader, one_gguf_read, read_kvs
+
+    small = write_tokenizer_gguf(default_gguf, tmp_path / "tokenizer.gguf")
+    for path in (small, default_gguf):
+        fast, ref = gguf_reader(path), GGUFReader(str(path))
+        assert list(fast.fields) == list(ref.fields)
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "general.architecture"):
+            a, b = fast.fields[key], ref.fields[key]
+            assert a.types == b.types and a.data == b.data
+            assert all(np.array_equal(a.parts[i], b.parts[i]) for i in a.data[:2000])
+        assert [(t.name, t.tensor_type, t.n_bytes) for t in fast.tensors] == \
+               [(t.name, t.tensor_type, t.n_bytes) for t in ref.tensors]
+        assert gguf_arch_of(path) == "gemma3"
+    assert np.array_equal(np.asarray(gguf_reader(default_gguf).tensors[0].data), np.asarray(ref.tensors[0].data))
+    assert read_kvs(small, "tokenizer.")["tokenizer.ggml.tokens"].value[:5] == \
+           [bytes(ref.fields["tokenizer.ggml.tokens"].parts[i]) for i in ref.fields["tokenizer.ggml.tokens"].data[:5]]
+    import gguf
+
+    with one_gguf_read():
+        assert gguf.GGUFReader(str(small)) is gguf.GGUFReader(str(small))  # one parse per file while inside
+    assert gguf.GGUFReader is GGUFReader
+    with pytest.raises(ValueError, match="not a GGUF"):
+        gguf_arch_of(tmp_path / "x.bin") if (tmp_path / "x.bin").write_bytes(b"nope" * 8) else None

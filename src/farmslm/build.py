@@ -43,7 +43,7 @@ log = logging.getLogger("farmslm.build")
 TRAINED = {"finetuned": "vocab", "pruned_lora": "prune", "pruned_lora_kd": "prune"}  # variant -> model it trains
 UNTRAINED = {"base": "vocab", "pruned": "prune"}  # variant -> model dir, evaluated with a few-shot prompt
 QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs",  # variant suffixes: f16, a llama.cpp type,
-          "q4k_e8", "q4k_e8_a8", "q4k_e6", "q4k_e8_d6")  # or a mix of per-tensor types (model.quantize.MIXES)
+          "q4k_e5", "q4k_e4", "q4k_e5_b4", "q4k_e5_a8", "q4k_e5_b4_o6", "q4k_e5_b4_o5")  # or a mix of per-tensor types (model.quantize.MIXES)
 DEFAULT_QUANTS = ("f16", "q4_k_m")
 FULL_VARIANTS = tuple(f"{v}_{q}" for v in ("base", "finetuned", "pruned", "pruned_lora", "pruned_lora_kd")
                       for q in DEFAULT_QUANTS)  # the standard profile's comparison
@@ -61,6 +61,8 @@ class BuildConfig:
     select: dict = field(default_factory=lambda: {"n_answer": 24, "n_heldout": 8, "n_tag": 0, "n_ppl": 0,
                                                    "bench": False, "validation": False, "paraphrases": False})
     # EvalConfig overrides for the validation-split runs that choose the final model among its candidates
+    reference_eval: dict = field(default_factory=dict)  # EvalConfig overrides for variants that cannot ship
+    # (untrained or f16: the references); e.g. answers only, no out-of-scope set, tags or bench
 
 
 def _split_variant(name: str) -> tuple[str, str]:
@@ -248,7 +250,7 @@ class Build:
         return artifacts.hash_path(data_dir / "train.jsonl")[:16]
 
     def evaluate(self, name: str, model: Path, data_dir: Path, few_shot: bool, index_path: Path | None,
-                 quality: bool = True, select: bool = False) -> dict:
+                 quality: bool = True, select: bool = False, overrides: dict | None = None) -> dict:
         """Test-split evaluation (the report), or with select=True the validation-split run of a candidate."""
         from farmslm.evaluate import evaluate
 
@@ -258,6 +260,8 @@ class Build:
             cfg = dataclasses.replace(cfg, threads=self.cfg.threads)
         if select:
             cfg = dataclasses.replace(cfg, split="val", **self.cfg.select)
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
         if not quality:  # stock: speed, memory and size only (bench)
             cfg = dataclasses.replace(cfg, n_answer=0, n_tag=0, n_ppl=0, validation=False, out_of_scope=False,
                                       paraphrases=False)
@@ -279,7 +283,8 @@ class Build:
         n_train = len(stems & set(TRAINED)) + ("pruned_lora_kd" in stems and "finetuned" not in stems)
         n_prune = any(s.startswith("pruned") for s in stems)
         # data, index, base, vocab, [prune], trainings, exports, [stock], selections, evals, report, final
-        return 4 + n_prune + n_train + len(stems) + self.cfg.stock + len(self.candidates()) + len(self.cfg.variants) + 2
+        n_select = len(self.candidates()) if len(self.candidates()) > 1 else 0
+        return 4 + n_prune + n_train + len(stems) + self.cfg.stock + n_select + len(self.cfg.variants) + 2
 
     def candidates(self) -> list[str]:
         """Variants the final model is chosen from: trained and quantized (an untrained or f16 file never ships)."""
@@ -320,7 +325,7 @@ class Build:
                     if quant in quants:
                         files[f"{stem}_{quant}"] = path
         selection: dict[str, dict] = {}
-        for name in self.candidates():  # on the validation split: the test split decides nothing
+        for name in self.candidates() if len(self.candidates()) > 1 else []:  # on val: the test split decides nothing
             with self.stage(f"select_{name}", self.out / "select" / name):
                 selection[name] = self.evaluate(name, files[name], data_dir, few_shot=False, index_path=index_path,
                                                 select=True)
@@ -332,7 +337,8 @@ class Build:
         for name in self.cfg.variants:
             with self.stage(f"eval_{name}", self.out / "eval" / name):
                 evals[name] = self.evaluate(name, files[name], data_dir, index_path=index_path,
-                                            few_shot=_split_variant(name)[0] in UNTRAINED)
+                                            few_shot=_split_variant(name)[0] in UNTRAINED,
+                                            overrides=None if name in self.candidates() else self.cfg.reference_eval)
         with self.stage("report"):
             report = self.report(evals, selection, order, index_path)
         final = files.get(report["final"]) or files.get(self.cfg.final)
@@ -355,7 +361,8 @@ class Build:
             notes.append(f"variants this profile leaves out (the standard profile builds them): {', '.join(left_out)}")
         durations = {k: self.durations[k] for k in self.stages if k in self.durations}  # this build's stages only
         index_meta = artifacts.read_meta(index_path.parent) or {}
-        return write_report(self.out, self.profile, evals, durations, logs, notes, self.cfg.final, selection,
+        single = self.candidates()[0] if len(self.candidates()) == 1 else self.cfg.final  # nothing to choose between
+        return write_report(self.out, self.profile, evals, durations, logs, notes, single, selection,
                             index_meta.get("metrics", {}))
 
     def _install(self, src: Path, index_path: Path) -> None:

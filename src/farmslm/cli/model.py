@@ -60,10 +60,12 @@ def quantize(in_gguf: Path = typer.Argument(..., help="F32/F16/BF16 GGUF from `f
 @app.command()
 def bench(model: Path = typer.Argument(..., help="GGUF to benchmark."),
           vs: Optional[Path] = typer.Option(None, "--vs", help="Second GGUF measured in the same run (ratios)."),
-          threads: int = typer.Option(2, help="llama.cpp threads."),
+          threads: int = typer.Option(0, help="llama.cpp threads (0 = the product's: auto, the cores other processes leave free)."),
+          wait_policy: str = typer.Option("", help="OpenMP wait of the measured process: passive | brief | active (default: the product's)."),
           prompt_tokens: int = typer.Option(128, help="Prompt length."),
           gen_tokens: int = typer.Option(64, help="Generated tokens per run."),
           repeats: int = typer.Option(5, help="Measured runs after one warm-up (medians reported)."),
+          index: Optional[Path] = typer.Option(None, help="Knowledge index of MODEL (default: its sidecar)."),
           as_json: bool = typer.Option(False, "--json", help="Print the JSON documented in farmslm.runtime.bench.")) -> None:
     """Prompt/generation speed, TTFT, peak RSS, size and the memory-bandwidth bound of GGUF models."""
     from farmslm.runtime import bench as bench_mod
@@ -72,6 +74,7 @@ def bench(model: Path = typer.Argument(..., help="GGUF to benchmark."),
             fail(f"{p} does not exist")
     try:
         result = bench_mod.run(bench_mod.BenchConfig(model=str(model), vs=str(vs or ""), threads=threads,
+                                                     wait_policy=wait_policy, index=str(index or ""),
                                                      prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats))
     except ValueError as exc:
         fail(str(exc))

@@ -230,7 +230,12 @@ def verify_rows(rows: list, cfg: VerifyConfig | None = None) -> tuple[list[dict]
         else:
             counts[reason.split(":")[0]] += 1
             quarantine.append({"row": row, "reason": reason} if not isinstance(row, dict) else {**row, "reason": reason})
-    kept, dups = dedup(ok, cfg)  # one greedy pass over fixed vectors leaves no pair among the kept rows
+    kept, dups = dedup(ok, cfg)  # one greedy pass over fixed vectors leaves no pair among the kept rows, but
+    while True:                  # TF-IDF refitted on them can pair others: repeat until verifying again keeps all
+        kept, more = dedup(kept, cfg)
+        if not more:
+            break
+        dups += more
     counts["duplicate"] = len(dups)
     quarantine += dups
     kept_rates = [r["term_match"] for r in kept]

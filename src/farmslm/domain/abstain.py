@@ -19,6 +19,10 @@ _TEXT = {
         "en": "I have no verified information to answer that. Please ask {contact}.",
         "ko": "이 질문에 답할 수 있는 확인된 정보가 없습니다. {contact}에 문의하세요.",
     },
+    "beyond_readings": {  # not_in_knowledge after rule sentences: what the readings say stands, nothing is added
+        "en": "Beyond what the readings show, I have no verified information to answer that. Please ask {contact}.",
+        "ko": "측정값으로 알 수 있는 것 외에는 답할 수 있는 확인된 정보가 없습니다. {contact}에 문의하세요.",
+    },
     "out_of_domain": {
         "en": "I can only answer questions about growing tomatoes in the greenhouse. Please ask {contact}.",
         "ko": "온실 토마토 재배에 관한 질문에만 답할 수 있습니다. {contact}에 문의하세요.",
@@ -65,11 +69,41 @@ _OTHER_CROP = re.compile(
     r"eggplants?|aubergines?|bananas?|mangoes|avocados?|cattle|cows?|pigs?|chickens?|bees? honey)\b"
     r"|오이|딸기|고추|파프리카|상추|벼농사|논|사과|포도|감자|멜론|수박|배추|양파|마늘|참외|애호박|호박|시금치|깻잎|인삼|블루베리|감귤|"
     r"복숭아|밀|옥수수|콩|장미|난초|버섯|국화|가지 재배|바나나|망고|한우|돼지|닭|양봉", re.I)
-_IGNORE = re.compile(
-    r"\b(ignore|disregard|forget|skip|bypass|override)\b.{0,40}\b(sensors?|readings?|rules?|warnings?|alarms?|"
-    r"instructions?|status|system)\b|\bpretend\b|\bact as if\b|\bwithout (the )?(warnings?|sensors?)\b"
-    r"|(센서|측정값|경고|규칙|지시|알람)[^.?!]{0,20}(무시|빼고|상관없이|없다고|치고|말고)|무시하고", re.I)
-FEATURES = ("bias", "log_top_score", "top_coverage", "log_gap", "domain_terms", "tomato", "other_crop", "log_query_len")
+# Pest and virus names that contain another crop's name are tomato topics (potato aphid, cucumber mosaic virus)
+_CROP_IN_NAMES = re.compile(r"potato aphids?|potato (?:tuber moth|psyllids?)|cucumber mosaic|tobacco (?:mosaic|whitefl\w*)|"
+                            r"감자수염진딧물|감자뿔나방|오이모자이크|담배가루이|담배모자이크|담배장님노린재", re.I)
+_IGNORE = re.compile(  # requests to set the readings, warnings or rules aside, or to reveal or replace them
+    r"\b(ignore|disregard|forget|skip|bypass|override|disable|turn off|switch off|shut off)\b.{0,40}\b(sensors?|readings?|"
+    r"rules?|warnings?|alarms?|instructions?|status|system|checks?|limits?|meter)\b|\bpretend\b|\bact (like|as if)\b|"
+    r"\bwithout (looking at |the )?(any )?(warnings?|sensors?|sensor data|readings?)\b|\b(system|secret|hidden) "
+    r"(prompt|instructions?)\b|\byour (instructions|configuration|settings|rules|prompt)\b|\bdeveloper mode\b|"
+    r"\bno (limits|restrictions)\b|\b(stop|quit) (warning|showing|mentioning)\b|\bnever mention\b|\bleave (all )?"
+    r"the warnings out\b|\bjust (say|tell me|guess)\b|\brepeat everything\b|\bmake (it|something) up\b|"
+    r"\b(say|tell me) (that )?(the |it |everything )?.{0,30}\b(is|are|was|were) (normal|fine|ok|okay|wrong)\b|"
+    r"\b(change|set|raise|move)\b.{0,30}\b(alarm|warning|threshold|limit|rule)s?\b.{0,30}\b(only|to|at)\b|"
+    r"(센서|측정값|경고|경보|규칙|지시|알람|명령)[^.?!]{0,20}(무시|빼고|상관없이|없다고|치고|말고|신경 ?쓰지|잊|해제|끄|꺼)|"
+    r"무시하고|(프롬프트|설정 파일|받은 규칙|주어진 규칙|규칙 전부|지시문)|(개발자|관리자) ?모드|제한 없는|없던 걸로|"
+    r"(꺼내지|띄우지|말하지) 마|(정상|괜찮다|문제없다|틀린 거)(이었|였)?다?고 (써|해|말해)|지어내|그대로 (복사|출력)|"
+    r"(경보|경고|알람) ?(기준|설정)을?[^.?!]{0,15}(바꿔|바꾸|올려|변경)", re.I)
+# Questions that are about tomatoes or the farm but not about growing them: health, law, money, trade, cooking
+_OFF_TOPIC = re.compile(
+    r"\b(medicine|painkillers?|ibuprofen|tetanus|pills?|eye ?drops?|cream|doctor|hospital|symptoms? of (a|my)|sue|"
+    r"lawsuit|court|lawyer|landlord|deposit|divorce|write a will|contract|visa|passport|tax(es)?|loan|interest rate|"
+    r"invest\w*|stock market|bitcoin|insurance|wholesale|auction|prices?|market(ing)?|advertis\w*|sell\w*|shop|brand(?! new)|"
+    r"logo|instagram|business plan|profit|margin|wages?|overtime|salary|certification|paperwork|grant|"
+    r"recipe for|sauce|cook\w*|salad|juice|ketchup|jam|can(ning)? (whole )?tomatoes|tastier|tastiest|seed compan\w*)\b"
+    r"|진통제|해열제|수면제|영양제|파상풍|병원|안약|약 ?먹|소송|변호사|계약서?|보증금|상속|이혼|세금|소득세|대출|이자|주식|"
+    r"펀드|비트코인|보험금|보험|경락가|경매|시세|가격|값이 오|판매|팔려면|스마트스토어|마케팅|홍보|브랜드|사업계획서|창업|마진|"
+    r"최저임금|시급|주휴수당|근로계약|인증|서류|지원금|레시피|소스|요리|볶음|잼|주스|케첩|마리네이드|맛있|종자 회사|종묘회사",
+    re.I)
+FEATURES = ("bias", "log_top_score", "top_coverage", "log_gap", "domain_terms", "tomato", "other_crop", "off_topic")
+
+
+def _other_crop(question: str) -> float:
+    """1: another crop and no tomato; 0.5: both (a neighbouring crop may be the subject); 0: no other crop."""
+    if not _OTHER_CROP.search(_CROP_IN_NAMES.sub(" ", question)):
+        return 0.0
+    return 0.5 if _TOMATO.search(question) else 1.0
 
 
 def features(question: str, lang: str, hits: list, analyzer: str | None = None) -> dict[str, float]:
@@ -83,8 +117,8 @@ def features(question: str, lang: str, hits: list, analyzer: str | None = None) 
     return {"bias": 1.0, "log_top_score": math.log1p(top), "top_coverage": hits[0].coverage if hits else 0.0,
             "log_gap": math.log1p(max(0.0, top - second)), "domain_terms": min(n_terms, 3) / 3,
             "tomato": float(bool(_TOMATO.search(question))),
-            "other_crop": float(bool(_OTHER_CROP.search(question)) and not _TOMATO.search(question)),
-            "log_query_len": math.log1p(len(retrieve.tokens(question, lang, analyzer or retrieve.DEFAULT_ANALYZER)))}
+            "other_crop": _other_crop(question),
+            "off_topic": min(sum(1 for _ in _OFF_TOPIC.finditer(question)), 2) / 2}
 
 
 def probability(feats: dict[str, float], model: dict) -> float | None:
@@ -105,7 +139,7 @@ def decide(question: str, lang: str, hits: list, index) -> dict:
     out = {"abstain": False, "reason": "", "p": None if p is None else round(p, 4), "features": feats}
     if _IGNORE.search(question):
         return {**out, "abstain": True, "reason": "ignore_request"}
-    if feats["other_crop"] or not hits:
+    if feats["other_crop"] == 1.0 or not hits:
         return {**out, "abstain": True, "reason": "out_of_domain" if feats["other_crop"] else "not_in_knowledge"}
     if p is not None and p < model.get("threshold", 0.5):
         off_domain = feats["domain_terms"] == 0 and not feats["tomato"]
@@ -120,13 +154,16 @@ def _vector(feats: dict[str, float]) -> list[float]:
 
 
 def calibrate(index, fit_pos: list[tuple[str, str]], fit_neg: list[tuple[str, str]], dev_pos: list[tuple[str, str]],
-              dev_neg: list[tuple[str, str]], max_false_abstain: float = 0.03, k: int = 2) -> dict:
+              dev_neg: list[tuple[str, str]], max_false_abstain: float = 0.03, k: int = 2,
+              dev_grower: list[tuple[str, str]] | None = None, max_false_abstain_grower: float = 0.05) -> dict:
     """Fit the answerability model on (question, lang) pairs and pick its threshold on the dev pairs.
 
     fit: answerable questions (training rows) vs questions to decline (abstain_train.yaml); dev: validation
-    rows + the paraphrase set's dev half vs the out-of-scope set's dev half. The threshold is the highest
-    whose false abstention on dev_pos stays <= max_false_abstain (abstaining more costs answers a grower
-    needs; the hard rules for other crops and ignore-requests apply regardless).
+    rows (dev_pos) and questions in growers' own words (dev_grower: the paraphrase set's dev half) vs the
+    out-of-scope set's dev half. The threshold is the highest whose false abstention stays within its cap on
+    each answerable group (abstaining more costs answers a grower needs; growers' wording is capped apart
+    because the dataset's templated questions are easier); the hard rules (other crops, ignore-requests)
+    apply regardless.
     """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -146,22 +183,25 @@ def calibrate(index, fit_pos: list[tuple[str, str]], fit_neg: list[tuple[str, st
             out.append((d["abstain"], d["p"]))
         return out
 
-    pos_s, neg_s = scored(dev_pos), scored(dev_neg)
+    groups = [(scored(dev_pos), max_false_abstain)] + ([(scored(dev_grower), max_false_abstain_grower)]
+                                                       if dev_grower else [])
+    neg_s = scored(dev_neg)
 
-    def rates(threshold: float) -> tuple[float, float]:
-        fa = sum(hard or p < threshold for hard, p in pos_s)
-        ab = sum(hard or p < threshold for hard, p in neg_s)
-        return fa / max(1, len(pos_s)), ab / max(1, len(neg_s))
+    def rate(s, threshold: float) -> float:
+        return sum(hard or p < threshold for hard, p in s) / max(1, len(s))
 
-    best = (0.0, *rates(0.0))
+    best = (0.0, [rate(s, 0.0) for s, _ in groups], rate(neg_s, 0.0))
     for threshold in [round(t, 3) for t in np.arange(0.05, 0.96, 0.025)]:
-        fa, ab = rates(threshold)
-        if fa <= max_false_abstain and ab >= best[2]:
-            best = (threshold, fa, ab)
+        fas, ab = [rate(s, threshold) for s, _ in groups], rate(neg_s, threshold)
+        if all(fa <= cap for fa, (_, cap) in zip(fas, groups)) and ab >= best[2]:
+            best = (threshold, fas, ab)
     model["threshold"] = best[0]
-    model["fit"] = {"n_pos": len(fit_pos), "n_neg": len(fit_neg), "n_dev_pos": len(dev_pos), "n_dev_neg": len(dev_neg),
-                    "dev_false_abstention": round(best[1], 4), "dev_abstention": round(best[2], 4),
-                    "max_false_abstain": max_false_abstain}
+    model["fit"] = {"n_pos": len(fit_pos), "n_neg": len(fit_neg), "n_dev_pos": len(dev_pos),
+                    "n_dev_grower": len(dev_grower or []), "n_dev_neg": len(dev_neg),
+                    "dev_false_abstention": round(best[1][0], 4),
+                    "dev_grower_false_abstention": round(best[1][1], 4) if dev_grower else None,
+                    "dev_abstention": round(best[2], 4), "max_false_abstain": max_false_abstain,
+                    "max_false_abstain_grower": max_false_abstain_grower}
     return model
 
 

@@ -39,9 +39,27 @@ _MECAB_KEEP = ("NNG", "NNP", "NR", "XR", "VV", "VA", "SL", "SN", "MAG")
 
 @lru_cache(maxsize=1)
 def _stemmer():
-    from nltk.stem.porter import PorterStemmer
+    """NLTK's Porter stemmer. `import nltk` runs the package's __init__, which pulls in ~200 MB (scipy, sklearn)
+    that the edge process does not need, so when nltk is not loaded yet its porter module is imported under
+    temporary package stubs that are removed again: same stems, ~13 MB (a later `import nltk` is the real one)."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
 
-    return PorterStemmer()
+    if "nltk" in sys.modules:
+        return importlib.import_module("nltk.stem.porter").PorterStemmer()
+    root = Path(importlib.util.find_spec("nltk").submodule_search_locations[0])
+    try:
+        for name, path in (("nltk", root), ("nltk.stem", root / "stem")):
+            stub = types.ModuleType(name)
+            stub.__path__ = [str(path)]
+            sys.modules[name] = stub
+        porter = importlib.import_module("nltk.stem.porter")
+    finally:
+        for name in [n for n in sys.modules if n == "nltk" or n.startswith("nltk.")]:
+            del sys.modules[name]
+    return porter.PorterStemmer()
 
 
 @lru_cache(maxsize=1)

@@ -171,9 +171,9 @@ def retrieval(index, rows: list[dict], k: int) -> dict | None:
 
 def gguf_params(path: Path) -> int:
     """Parameter count of a GGUF: the element count of its tensors."""
-    from gguf import GGUFReader
+    from farmslm.model.tokenizer import gguf_reader
 
-    return int(sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors))
+    return int(sum(int(t.n_elements) for t in gguf_reader(path).tensors))
 
 
 def run(cfg: EvalConfig, model: str | Path, data_dir: str | Path, out: str | Path | None = None,
@@ -223,7 +223,7 @@ def run(cfg: EvalConfig, model: str | Path, data_dir: str | Path, out: str | Pat
             para_false = abstention(index, para, K_FACTS)
     finally:
         engine.close()
-    speed = _bench(model, cfg) if cfg.bench else {}
+    speed = _bench(model, cfg, index_path) if cfg.bench else {}
     full = [r for r in answered + validation if "error" not in r and r.get("gen_tokens")]
     rss = [r["rss_mb"] for r in answered + validation + tags if "rss_mb" in r] or [speed.get("peak_rss_mb") or rss_loaded]
     result = {
@@ -252,14 +252,12 @@ def run(cfg: EvalConfig, model: str | Path, data_dir: str | Path, out: str | Pat
     return result
 
 
-def _bench(model: Path, cfg: EvalConfig) -> dict:
+def _bench(model: Path, cfg: EvalConfig, index_path: str | Path | None = None) -> dict:
     """Prompt / generation tok/s and TTFT, median of repeated runs (farmslm.runtime.bench)."""
-    import os
-
     from farmslm.runtime import bench
 
-    r = bench.run(bench.BenchConfig(model=str(model), threads=cfg.threads or os.cpu_count() or 1,
-                                    repeats=cfg.bench_repeats))["models"][0]
+    r = bench.run(bench.BenchConfig(model=str(model), threads=cfg.threads, repeats=cfg.bench_repeats,
+                                    index=str(index_path or "")))["models"][0]
     return {"gen_tok_s": r["gen_tok_s"], "prompt_tok_s": r["prompt_tok_s"], "ttft_ms": r["ttft_ms"],
             "peak_rss_mb": round(r["peak_rss_bytes"] / 1e6, 1), "raw": r}
 

@@ -77,9 +77,9 @@ def save_model_dir(model: nn.Module, out_dir: str | Path, tokenizer_gguf: str | 
 
 def _write_tokenizer(src: Path, dst: Path) -> None:
     """Keep only the vocabulary (all metadata, no tensors) when the source GGUF also holds weights."""
-    from gguf import GGUFReader
+    from farmslm.model.tokenizer import gguf_reader
 
-    if len(GGUFReader(str(src)).tensors) == 0:
+    if len(gguf_reader(src).tensors) == 0:
         shutil.copyfile(src, dst)
         return
     from farmslm.model.tokenizer import write_tokenizer_gguf

@@ -42,12 +42,15 @@ def default_gguf() -> Path:
 
 
 def gguf_arch(path: Path) -> str:
-    from gguf import GGUFReader
+    from farmslm.model.tokenizer import gguf_arch_of
 
-    field = GGUFReader(str(path)).fields.get("general.architecture")
-    if field is None:
+    try:
+        arch = gguf_arch_of(path)
+    except ValueError as exc:
+        raise ModelError(f"--base: {exc}") from None
+    if arch is None:
         raise ModelError(f"--base: {path} has no general.architecture key; is it a GGUF model file?")
-    return bytes(field.parts[field.data[0]]).decode()
+    return arch
 
 
 def _check_arch(arch: str, where: str) -> None:
@@ -84,7 +87,10 @@ def load_base(spec: str | Path = "default") -> Loaded:
         arch = gguf_arch(path)
         _check_arch(arch, str(path))
         log.info("loading %s (%s) with transformers' GGUF loader", path.name, arch)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        from farmslm.model.tokenizer import one_gguf_read
+
+        with one_gguf_read():  # transformers parses the file for the config and again for the weights
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         # The GGUF loader dequantizes to fp32 yet marks the model quantized, which blocks saving.
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)

@@ -24,16 +24,25 @@ log = logging.getLogger(__name__)
 
 QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS")
 # IQ4_XS needs an imatrix in llama.cpp only below 4 bits; all types here work without one.
-TENSOR_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0")  # per-tensor types a mix may set (ggml names)
+TENSOR_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0")  # per-tensor types a mix may set (ggml names)
 # Mixed files: a llama.cpp file type for the body plus per-tensor types (llama_model_quantize_params'
 # token_embedding_type and tensor-type overrides, regexes on GGUF tensor names). The tied embedding is both the
 # input table and the output head: 18 % of the vocab-trimmed, pruned model's weights and every logit.
+# Gemma 3 270M's rows of 640 are not a multiple of K-quants' 256-blocks, so llama.cpp falls back: Q4_K_M stores
+# ffn_gate/up and attn_q/k as Q5_0 and the embedding as Q8_0 (26 % of the file); the mixes set those instead.
 MIXES = {
-    "q4k_e8": {"qtype": "Q4_K_M", "token_embedding_type": "Q8_0"},
-    "q4k_e8_a8": {"qtype": "Q4_K_M", "token_embedding_type": "Q8_0",
+    "q4k_e5": {"qtype": "Q4_K_M", "token_embedding_type": "Q5_0"},
+    "q4k_e4": {"qtype": "Q4_K_M", "token_embedding_type": "Q4_0"},
+    "q4k_e5_b4": {"qtype": "Q4_K_M", "token_embedding_type": "Q5_0",
+                  "tensor_types": {r"(ffn_gate|ffn_up|attn_q|attn_k)\.weight": "Q4_0"}},
+    "q4k_e5_a8": {"qtype": "Q4_K_M", "token_embedding_type": "Q5_0",
                   "tensor_types": {r"attn_(q|k|v|output)\.weight": "Q8_0"}},
-    "q4k_e6": {"qtype": "Q4_K_M", "token_embedding_type": "Q6_K"},
-    "q4k_e8_d6": {"qtype": "Q4_K_M", "token_embedding_type": "Q8_0", "tensor_types": {r"ffn_down\.weight": "Q6_K"}},
+    "q4k_e5_b4_o6": {"qtype": "Q4_K_M", "token_embedding_type": "Q5_0",
+                     "tensor_types": {r"(ffn_gate|ffn_up|attn_q|attn_k)\.weight": "Q4_0",
+                                      r"(ffn_down|attn_output)\.weight": "Q6_K"}},
+    "q4k_e5_b4_o5": {"qtype": "Q4_K_M", "token_embedding_type": "Q5_0",
+                     "tensor_types": {r"(ffn_gate|ffn_up|attn_q|attn_k)\.weight": "Q4_0",
+                                      r"(ffn_down|attn_output)\.weight": "Q5_K"}},
 }
 
 # A few domain sentences for calibration when no dataset is given (Korean and English).
@@ -138,9 +147,9 @@ def write_imatrix(imx: Imatrix, path: str | Path) -> Path:
 
 
 def read_imatrix(path: str | Path) -> Imatrix:
-    from gguf import GGUFReader
+    from farmslm.model.tokenizer import gguf_reader
 
-    r = GGUFReader(str(path))
+    r = gguf_reader(path)
     sums, counts = {}, {}
     for t in r.tensors:
         if t.name.endswith(".in_sum2"):

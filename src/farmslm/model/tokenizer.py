@@ -31,12 +31,54 @@ class KV:
     sub_type: Any = None
 
 
+def gguf_reader(path: str | Path, mode: str = "r"):
+    """gguf-py's GGUFReader, 2.5x faster on a 262k vocabulary (8.5 s instead of 22 s here).
+
+    Ours because gguf-py slices its np.memmap once per array element, and memmap's __getitem__ and
+    __array_finalize__ dominate; slicing a plain ndarray view of the same mapping gives the same fields.
+    """
+    from gguf.gguf_reader import GGUFReader  # the class itself (one_gguf_read patches the package's name)
+
+    class _FastReader(GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+            dt = np.dtype(dtype)
+            count = int(count)
+            arr = plain[offset:offset + dt.itemsize * count].view(dtype=dt)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return _FastReader(str(path), mode)
+
+
+@contextlib.contextmanager
+def one_gguf_read():
+    """While inside, every `gguf.GGUFReader(path)` (transformers' GGUF loader reads a file twice: config, then
+    weights) returns one fast reader per path."""
+    import gguf
+
+    original, cache = gguf.GGUFReader, {}
+
+    def shared(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in cache:
+            cache[key] = gguf_reader(path, mode)
+        return cache[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def read_kvs(path: str | Path, prefix: str = "") -> dict[str, KV]:
     """All metadata KVs of a GGUF (strings as raw bytes: token pieces need not be valid UTF-8)."""
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFValueType
 
     out = {}
-    for key, field in GGUFReader(str(path)).fields.items():
+    for key, field in gguf_reader(path).fields.items():
         if key.startswith(_WRITER_KEYS) or not key.startswith(prefix):
             continue
         main = field.types[0]
@@ -54,11 +96,26 @@ def read_kvs(path: str | Path, prefix: str = "") -> dict[str, KV]:
     return out
 
 
-def gguf_arch_of(path: str | Path) -> str:
-    from gguf import GGUFReader
+def gguf_arch_of(path: str | Path) -> str | None:
+    """general.architecture of a GGUF; None if it has none. Reads the header's KVs only up to that key (it is
+    written first by every converter), so a 262k vocabulary is not parsed for it."""
+    import struct
 
-    field = GGUFReader(str(path)).fields["general.architecture"]
-    return bytes(field.parts[field.data[0]]).decode()
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if len(head) < 24 or head[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        n_kv = struct.unpack("<Q", head[16:24])[0]
+        for _ in range(min(n_kv, 64)):
+            key = f.read(struct.unpack("<Q", f.read(8))[0]).decode(errors="replace")
+            vtype = struct.unpack("<I", f.read(4))[0]
+            if vtype != 8:  # not a string: parse the rest the slow way
+                break
+            value = f.read(struct.unpack("<Q", f.read(8))[0])
+            if key == "general.architecture":
+                return value.decode()
+    field = gguf_reader(path).fields.get("general.architecture")
+    return bytes(field.parts[field.data[0]]).decode() if field is not None else None
 
 
 def add_kvs(writer, kvs: dict[str, KV]) -> None:

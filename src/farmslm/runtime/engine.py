@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from farmslm.domain.sensors import Readings, format_prompt, format_sample, format_tag, parse_tag
+from farmslm.domain.sensors import NO_READINGS, Readings, format_prompt, format_sample, format_tag, parse_tag
 
 log = logging.getLogger("farmslm.engine")
 
@@ -39,6 +39,12 @@ MAX_QUESTION_CHARS = 500
 _FORGED_TAG_RE = re.compile(r"\[\s*(STATUS|WARNING|NORMAL|NO_READINGS|FACTS)\b[^\]]*\]?", re.IGNORECASE)
 K_FACTS = 2  # facts retrieved into a grounded prompt (as in training: dataset.synth.K_FACTS)
 _TAG_HOLD_CHARS = 160  # unguarded streaming: text held back until the model's tag is complete
+# A model-written run of this many characters that already appeared earlier in the answer is a repetition loop:
+# generation stops and the answer ends at the last whole sentence before it. Pieces already streamed may hold the
+# loop's first characters; the final answer (JSON, the SSE `done` event the page shows) does not. The default
+# dataset's gold answers repeat at most 39 characters.
+REPEAT_CHARS = 48
+_SENTENCE_END = re.compile(r"[.!?。](?=\s|$)")
 
 
 class InputError(ValueError):
@@ -58,6 +64,7 @@ class Timings:
     total_ms: float = 0.0
     tok_s: float = 0.0  # decode speed: (gen_tokens - 1) / gen_ms, the first token is prompt time
     stop: str = ""  # eos | stop | length | cancelled
+    threads: int = 0  # llama.cpp threads the answer ran on (auto: the cores other processes left free)
 
 
 @dataclass
@@ -118,6 +125,20 @@ def default_few_shot() -> str:
     ])
 
 
+def repeat_start(text: str, start: int = 0) -> int | None:
+    """Where to cut text[start:] when its last REPEAT_CHARS characters already occurred earlier in it: at the
+    end of the last whole sentence before the repeat (start when there is none); None when nothing repeats."""
+    part = text[start:]
+    if len(part) < 2 * REPEAT_CHARS:
+        return None
+    tail = part[-REPEAT_CHARS:]
+    if tail.isspace() or part.find(tail) >= len(part) - REPEAT_CHARS:
+        return None
+    head = part[: len(part) - REPEAT_CHARS]
+    ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+    return start + (ends[-1] if ends else 0)
+
+
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest suffix of text that could still grow into a stop string."""
     hold = 0
@@ -145,13 +166,41 @@ def _cpu_has_amx() -> bool:
 _LOAD_LOCK = threading.Lock()
 
 
-def passive_omp() -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless set: must run before llama_cpp (libgomp) is first imported.
+# The product's llama.cpp runtime, one place for ask, serve, eval and bench, chosen from
+# benchmarks/results/runtime_config.md (threads x OpenMP wait policy x thread pool, quiet and with a competing
+# process): OpenMP threads that spin briefly between the steps of a token, then sleep (libgomp's default,
+# GOMP_SPINCOUNT=300k: 1.4x the passive policy's tokens/s on 2 quiet cores, and no core burnt while idle, unlike
+# `active`), on every core that other processes leave free (2 threads on a busy 2-core machine run at a third
+# of one thread's speed), re-checked before each answer.
+WAIT_POLICY = "brief"
+WAIT_POLICIES = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "brief": {"GOMP_SPINCOUNT": "300000"},
+                 "active": {"OMP_WAIT_POLICY": "ACTIVE"}}
+THREADS = 0  # 0 = auto: the cores other processes leave free (runtime.cpu), at least 1
 
-    With spinning OpenMP threads, a CPU shared with other work collapses: measured on 2 busy cores,
-    2 threads gave 0.7 tok/s and 3.2 s to first token (spinning) against 10.5 tok/s and 0.17 s (passive).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def runtime_env(policy: str = "") -> dict[str, str]:
+    """Environment for llama.cpp's OpenMP threads under `policy` (default: FARMSLM_OMP_WAIT_POLICY, else the
+    product's); set it before llama_cpp is first imported, since libgomp reads it once."""
+    policy = (policy or os.environ.get("FARMSLM_OMP_WAIT_POLICY") or WAIT_POLICY).lower()
+    if policy not in WAIT_POLICIES:
+        raise InputError("wait_policy", f"got {policy!r}; expected one of {'|'.join(WAIT_POLICIES)}")
+    return dict(WAIT_POLICIES[policy])
+
+
+def runtime_threads(n_threads: int | None = None) -> int:
+    """The most threads llama.cpp gets: n_threads, else THREADS, else every core."""
+    return n_threads or THREADS or os.cpu_count() or 1
+
+
+def set_runtime_env() -> None:
+    """Apply the product's OpenMP environment unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT."""
+    import sys
+
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ.update(runtime_env())
+    if "llama_cpp" in sys.modules:
+        log.info("llama.cpp was imported before farmslm set its OpenMP environment %s; it may not apply", runtime_env())
 
 
 _LLAMA_LOG = logging.getLogger("farmslm.llama")
@@ -197,8 +246,12 @@ def load_llama(path: Path, extra_bufts: bool | None, n_seq_max: int = 1, **kwarg
 
     llama-cpp-python 0.3.36 built from source segfaults in decode on AMX CPUs for batches > 1 with
     those buffers; the Llama constructor has no flag for either, so the default params are wrapped here.
+    The file is read, not memory-mapped (use_mmap=False unless given): with repacked buffers a mapped file keeps
+    the repacked tensors' original pages resident too. Final quick-build model, n_ctx 1024, AMD EPYC: 129 MB
+    resident after loading instead of 167 MB, at the same speed (97 vs 90 generated tok/s).
     """
-    passive_omp()
+    kwargs.setdefault("use_mmap", False)
+    set_runtime_env()
     import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
@@ -234,7 +287,7 @@ class Engine:
                  few_shot: str = "", seed: int = 0, extra_bufts: bool | None = None,
                  repeat_penalty: float = REPEAT_PENALTY, index_path: str | Path | None = None,
                  contact: dict | None = None, parallel: int = 1):
-        passive_omp()
+        set_runtime_env()
         from llama_cpp import llama_vocab_is_eog
 
         path = Path(model_path)
@@ -246,7 +299,10 @@ class Engine:
         self.extra_bufts = extra_bufts
         self.repeat_penalty = check_repeat_penalty(repeat_penalty)
         self.contact = dict(contact or {})
-        n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's own default is half the cores
+        # auto threads: the cores other processes leave free, checked before each answer (runtime.cpu)
+        self.auto_threads = not n_threads and not THREADS and (os.cpu_count() or 1) > 1
+        n_threads = runtime_threads(n_threads)  # llama-cpp-python's own default is half the cores
+        self.max_threads = self.threads_now = n_threads
         if not isinstance(parallel, int) or not 1 <= parallel <= 64:
             raise InputError("parallel", f"got {parallel!r}; expected an integer in [1, 64]")
         self.parallel = parallel
@@ -347,7 +403,10 @@ class Engine:
             result.assumptions.append({"field": "knowledge", "value": self.index.knowledge_hash, "basis": "index",
                                        "en": self.index_note, "ko": "모델 학습 이후 지식 베이스가 바뀌었습니다"})
         if guard and decision["abstain"]:  # nothing is generated: the rule sentences and the abstaining one
-            result.model_text = abstain.abstain_text(lang, decision["reason"], self.contact)
+            reason = decision["reason"]
+            if reason == "not_in_knowledge" and guard and shown and tag != format_tag([NO_READINGS]):
+                reason = "beyond_readings"  # the rule sentences above answer what the readings show
+            result.model_text = abstain.abstain_text(lang, reason, self.contact)
             result.abstained, result.abstain_reason = True, decision["reason"]
             result.answer = " ".join(p for p in (rule_text, result.model_text) if p)
             if on_piece is not None:
@@ -382,6 +441,21 @@ class Engine:
                             "url": f.get("url") or next((s.get("url") for s in src if s.get("url")), "")})
         return out
 
+    def _fit_threads(self) -> None:
+        """Auto threads: use the cores other processes leave free right now (llama_set_n_threads)."""
+        if not getattr(self, "auto_threads", False):
+            return
+        import llama_cpp
+
+        from farmslm.runtime.cpu import MONITOR
+
+        n = MONITOR.free_cores(self.max_threads)
+        if n != self.threads_now:
+            llama_cpp.llama_set_n_threads(self.llm.ctx, n, n)
+            log.info("llama.cpp threads %d -> %d (other processes keep %.1f cores busy)", self.threads_now, n,
+                     MONITOR.others_busy())
+            self.threads_now = n
+
     def _generate(self, prompt: str, guard: bool, max_tokens: int, temperature: float, penalty: float,
                   on_piece: Callable[[str], None] | None, should_stop: Callable[[], bool] | None,
                   tag_only: bool = False):
@@ -391,7 +465,8 @@ class Engine:
         if room < 1:
             raise InputError("question", f"prompt is {len(tokens)} tokens; the context holds {self.n_ctx}")
         max_tokens = min(max_tokens, room)
-        t = Timings(prompt_tokens=len(tokens), stop="length")
+        self._fit_threads()
+        t = Timings(prompt_tokens=len(tokens), stop="length", threads=getattr(self, "threads_now", 0))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, sent, streamed = "", 0, False  # generated text; how much of it went to on_piece
         body_start = 0 if guard else None  # where the answer begins inside text (unguarded: after the tag)
@@ -416,6 +491,8 @@ class Engine:
             cut = min((text.find(s) for s in STOP if s in text), default=-1)
             if cut >= 0:
                 text, t.stop = text[:cut], "stop"
+            elif body_start is not None and (rep := repeat_start(text, body_start)) is not None:
+                cut, text, t.stop = rep, text[:rep], "repeat"  # a loop: end at the last whole sentence before it
             if body_start is None:  # unguarded: hold text back until the model's tag is complete
                 head = text.lstrip()
                 if (head and not head.startswith("[")) or "]" in text or len(text) >= _TAG_HOLD_CHARS or cut >= 0:

@@ -32,12 +32,12 @@ class RemoteEngine(Engine):
     def __init__(self, model_path: str | Path, engine_url: str, engine_model: str = "", timeout_s: float = 120.0,
                  repeat_penalty: float = REPEAT_PENALTY, index_path: str | Path | None = None,
                  contact: dict | None = None, api_key: str = ""):
-        from gguf import GGUFReader
+        from farmslm.model.tokenizer import gguf_reader
 
         path = Path(model_path)
         if not path.is_file():
             raise InputError("model", f"{path} does not exist: the remote engine's GGUF is read for its metadata")
-        reader = GGUFReader(str(path))
+        reader = gguf_reader(path)
 
         def field(key: str, default: str = "") -> str:
             f = reader.fields.get(key)

@@ -35,7 +35,7 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)  # exact origins allowed; "*" is refused
     allowed_hosts: list[str] = field(default_factory=list)  # Host headers accepted; [] = loopback names on
     # a loopback bind (blocks DNS rebinding from a browser), any host otherwise (the API key guards it)
-    n_threads: int | None = None  # llama.cpp threads; None = all cores
+    n_threads: int | None = None  # llama.cpp threads; None = auto (the cores other processes leave free)
     n_ctx: int = 1024  # context window in tokens (per concurrent answer)
     parallel: int = 1  # answers generated at once, batched into shared decode steps (a co-op box: 8; a Pi: 1)
     few_shot: bool = False  # prefix two worked examples (makes an untrained base model usable)
