@@ -4,7 +4,8 @@ default base + dataset dir -> benchmarks/results/vocab_trim.{json,md}:
   kept vocabulary, parameters, Q4_K_M file (export F16 -> llama.cpp quantize) vs the stock file;
   generation tok/s of both in one bench run (farmslm.runtime.bench); the restricted-distribution
   check on the real model; tokenization of every dataset text (llama.cpp, full vs trimmed); the share
-  of held-out ko/en questions (test split + validation questions left out of a second selection)
+  of held-out ko/en questions (test split + validation questions: never in the corpus, which is the training
+  split + knowledge base)
   whose tokenization is unchanged; tokens, bytes/token and byte-fallback share on a general text
   sample; greedy answers of the trimmed (untrained) model to validation questions.
 Example: .venv/bin/python benchmarks/vocab_trim.py --data runs/quick/data --work /tmp/vocab_bench
@@ -49,8 +50,9 @@ GENERAL_TEXT = {
 
 def held_out_share(full_kvs: dict, spm: vocab.SpmVocab, texts: list[str], held: list[dict],
                    cfg: vocab.VocabConfig, work: Path, full_gguf: Path) -> dict:
-    """Select without the held-out rows, then: share of their prompts tokenized as with the full vocabulary."""
-    held_texts = {r["text"] for r in held}
+    """Select without the held-out rows (the corpus is train + knowledge base, so they are never in it), then: share
+    of their questions and prompts tokenized as with the full vocabulary (a validation question has no prompt)."""
+    held_texts = {r.get("text") for r in held}
     kept, stats = vocab.select(spm, [t for t in texts if t not in held_texts], cfg)
     gguf_path = vocab.write_kvs_gguf(vocab.trimmed_kvs(full_kvs, kept), "gemma3", work / "heldout_tokenizer.gguf")
     full, trim = get_tokenizer(full_gguf), get_tokenizer(gguf_path)
@@ -59,7 +61,7 @@ def held_out_share(full_kvs: dict, spm: vocab.SpmVocab, texts: list[str], held: 
         rows = [r for r in held if r["lang"] == lang]
         same_q = same_p = 0
         for r in rows:
-            prompt = r["text"].partition("\nA:")[0] + "\nA:"
+            prompt = r["text"].partition("\nA:")[0] + "\nA:" if r.get("text") else r["question"]
             same_q += [kept[i] for i in trim.encode(r["question"])] == full.encode(r["question"])
             same_p += [kept[i] for i in trim.encode(prompt)] == full.encode(prompt)
         out[lang] = {"n": len(rows), "question_unchanged_pct": round(100 * same_q / max(len(rows), 1), 1),
@@ -173,7 +175,7 @@ def main() -> None:
     res["general_text"] = fallback_rates(stock, trim_dir / io.TOKENIZER, kept)
 
     val = artifacts.read_jsonl(data / "validation_questions.jsonl")
-    res["restricted_distribution"] = restricted_check(trim_dir, kept, [r["text"] for r in val[:4]], stock)
+    res["restricted_distribution"] = restricted_check(trim_dir, kept, [r.get("text") or r["question"] for r in val[:4]], stock)
     sample = [r for r in val if r["lang"] == "ko"][:3] + [r for r in val if r["lang"] == "en"][:3]
     res["generation_trimmed"] = generate(q4, sample, 48)
     res["generation_stock"] = generate(stock, sample, 48)
@@ -229,7 +231,7 @@ def report_md(r: dict) -> str:
              f"Restricted distribution on the real model: max |Δlogit| {r['restricted_distribution']['max_abs_logit_diff']:.2e}, "
              f"max |Δp| {r['restricted_distribution']['max_abs_prob_diff']:.2e}; the full model puts "
              f"{r['restricted_distribution']['full_model_mass_on_kept_pct']} % of its mass on the kept tokens.", "",
-             f"Held-out questions (test split + validation questions left out of the selection, "
+             f"Held-out questions (test split + validation questions, never in the selection's corpus: train + knowledge; "
              f"{r['held_out']['n_kept']:,} kept):", "", "| lang | n | question unchanged | prompt unchanged |", "|---|---:|---:|---:|"]
     for lang in ("ko", "en"):
         h = r["held_out"][lang]

@@ -1,7 +1,7 @@
 """How many cores other processes keep busy right now, so llama.cpp uses only the free ones.
 
-benchmarks/results/runtime_config.md: on a quiet 2-core machine two spinning threads generate ~1.4x faster than
-one; with one competing busy process, two threads collapse to a third of one thread's speed, because every
+benchmarks/results/runtime_config.md: on a quiet 2-core machine two briefly spinning threads generate ~1.7x faster
+than one; with one competing busy process, two threads collapse to a third of one thread's speed, because every
 token waits for the thread whose core is taken. So the engine asks this monitor before each answer and sets
 llama.cpp's thread count (llama_set_n_threads) to the cores the others leave free, at least one.
 

@@ -169,7 +169,7 @@ _LOAD_LOCK = threading.Lock()
 # The product's llama.cpp runtime, one place for ask, serve, eval and bench, chosen from
 # benchmarks/results/runtime_config.md (threads x OpenMP wait policy x thread pool, quiet and with a competing
 # process): OpenMP threads that spin briefly between the steps of a token, then sleep (libgomp's default,
-# GOMP_SPINCOUNT=300k: 1.4x the passive policy's tokens/s on 2 quiet cores, and no core burnt while idle, unlike
+# GOMP_SPINCOUNT=300k: 2.0x the passive policy's tokens/s on 2 quiet cores, and no core burnt while idle, unlike
 # `active`), on every core that other processes leave free (2 threads on a busy 2-core machine run at a third
 # of one thread's speed), re-checked before each answer.
 WAIT_POLICY = "brief"
