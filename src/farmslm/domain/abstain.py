@@ -106,10 +106,10 @@ def _other_crop(question: str) -> float:
     return 0.5 if _TOMATO.search(question) else 1.0
 
 
-def features(question: str, lang: str, hits: list, analyzer: str | None = None) -> dict[str, float]:
+def features(question: str, lang: str, hits: list) -> dict[str, float]:
     """What the decision looks at: retrieval strength, how much of the question the top fact covers,
     and whether the question is about tomato growing at all."""
-    from farmslm.domain import retrieve, terms
+    from farmslm.domain import terms
 
     top = hits[0].score if hits else 0.0
     second = hits[1].score if len(hits) > 1 else 0.0
@@ -134,7 +134,7 @@ def decide(question: str, lang: str, hits: list, index) -> dict:
     """{abstain, reason, p, features}: decline requests to ignore the sensors, questions about other crops,
     questions nothing was retrieved for, and those the calibrated model scores below its threshold."""
     model = getattr(index, "abstain", None) or {}
-    feats = features(question, lang, hits, getattr(index, "analyzer", None))
+    feats = features(question, lang, hits)
     p = probability(feats, model)
     out = {"abstain": False, "reason": "", "p": None if p is None else round(p, 4), "features": feats}
     if _IGNORE.search(question):
@@ -169,7 +169,7 @@ def calibrate(index, fit_pos: list[tuple[str, str]], fit_neg: list[tuple[str, st
     from sklearn.linear_model import LogisticRegression
 
     def matrix(pairs):
-        return np.array([_vector(features(q, lang, index.search(q, lang, k), index.analyzer)) for q, lang in pairs])
+        return np.array([_vector(features(q, lang, index.search(q, lang, k))) for q, lang in pairs])
 
     x = np.vstack([matrix(fit_pos), matrix(fit_neg)])
     y = np.array([1] * len(fit_pos) + [0] * len(fit_neg))

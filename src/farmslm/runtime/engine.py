@@ -63,7 +63,7 @@ class Timings:
     gen_ms: float = 0.0  # first -> last generated token
     total_ms: float = 0.0
     tok_s: float = 0.0  # decode speed: (gen_tokens - 1) / gen_ms, the first token is prompt time
-    stop: str = ""  # eos | stop | length | cancelled
+    stop: str = ""  # eos | stop | length | repeat | cancelled
     threads: int = 0  # llama.cpp threads the answer ran on (auto: the cores other processes left free)
 
 
@@ -404,7 +404,7 @@ class Engine:
                                        "en": self.index_note, "ko": "모델 학습 이후 지식 베이스가 바뀌었습니다"})
         if guard and decision["abstain"]:  # nothing is generated: the rule sentences and the abstaining one
             reason = decision["reason"]
-            if reason == "not_in_knowledge" and guard and shown and tag != format_tag([NO_READINGS]):
+            if reason == "not_in_knowledge" and shown and tag != format_tag([NO_READINGS]):
                 reason = "beyond_readings"  # the rule sentences above answer what the readings show
             result.model_text = abstain.abstain_text(lang, reason, self.contact)
             result.abstained, result.abstain_reason = True, decision["reason"]
