@@ -68,7 +68,7 @@ def scripted(text: str | list[bytes], n_ctx: int = 1024, grounded: bool = False,
     engine = Engine.__new__(Engine)
     engine.llm, engine.few_shot, engine.n_ctx = ScriptedLlama(chunks), "", n_ctx
     engine.repeat_penalty = eng.REPEAT_PENALTY
-    engine._is_eog = lambda token: token == EOS
+    engine._is_eog, engine.eog_ids = (lambda token: token == EOS), [EOS]
     engine.prompt_format, engine.index_note, engine.contact = (2 if grounded else 1), "", {}
     engine.index = Index(FACTS, "ngram", "tiny", abstain or {}) if grounded else None
     return engine
@@ -467,3 +467,41 @@ def test_cpu_monitor_sees_a_competing_process():
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_end_of_generation_is_masked_for_the_first_tokens_only():
+    """An answer may not end before it starts (a model that stops right after the rule sentences wrote nothing)."""
+    import numpy as np
+
+    process = eng._no_end_before(1, [1, 106])
+    logits = np.zeros(128, dtype=np.float32)
+    logits[[1, 106, 3]] = 9.0, 8.0, 2.0  # the end tokens lead
+    first = process(None, logits.copy())
+    assert int(np.argmax(first)) == 3 and np.isneginf(first[[1, 106]]).all()
+    second = process(None, logits.copy())
+    assert int(np.argmax(second)) == 1  # from the second token on, the answer may end
+
+
+def test_batch_scheduler_masks_end_of_generation_before_min_tokens(default_gguf, monkeypatch):
+    """The concurrent path obeys the same rule: logits where EOS is best yield another token first."""
+    import ctypes
+
+    import numpy as np
+
+    from farmslm.runtime.batch import _Request
+
+    engine = Engine(default_gguf, n_threads=1, n_ctx=256, parallel=2)
+    try:
+        sched = engine.scheduler
+        eos = int(engine.llm.token_eos())
+        assert eos in set(sched.eog_ids.tolist()) and set(engine.eog_ids) == set(sched.eog_ids.tolist())
+        logits = np.zeros(sched.n_vocab, dtype=np.float32)
+        logits[eos], logits[42] = 10.0, 5.0
+        monkeypatch.setattr(sched.lib, "llama_get_logits_ith",
+                            lambda ctx, i: logits.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        req = _Request([1, 2], 8, 1.0, 64, min_tokens=1)
+        assert sched._next_token(req) == 42
+        req.generated.append(42)
+        assert sched._next_token(req) == eos
+    finally:
+        engine.close()

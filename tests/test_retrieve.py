@@ -134,6 +134,23 @@ def test_stored_sets_are_frozen_and_disjoint():
     assert {q["kind"] for q in oos} >= {"other_crop", "general", "advice", "ignore_sensors", "absent_tomato"}
 
 
+def test_fitting_material_stays_apart_from_the_evaluation_sets():
+    """No question the abstention model is fitted on is a near-copy (word overlap >= 0.6) of an evaluation one."""
+    from farmslm.dataset.index import abstain_training, eval_sets, grower_questions
+    from farmslm.domain.knowledge import fact_by_id
+
+    sets = eval_sets()
+    growers = grower_questions()
+    assert len(growers) >= 300 and {q["lang"] for q in growers} == {"ko", "en"}
+    assert all(q["fact_id"] in fact_by_id() for q in growers)
+    for fit, held in ((abstain_training(), sets["out_of_scope"]), (growers, sets["paraphrases"])):
+        held_tokens = [(set(retrieve.tokens(q["question"], q["lang"])), q["lang"]) for q in held]
+        for q in fit:
+            mine = set(retrieve.tokens(q["question"], q["lang"]))
+            for other, lang in held_tokens:
+                assert lang != q["lang"] or len(mine & other) < 0.6 * len(mine | other), q["question"]
+
+
 def test_index_command_rebuilds_from_another_knowledge_dir(tmp_path):
     """A fact added after the build becomes retrievable with `farmslm index`, no retraining."""
     import shutil

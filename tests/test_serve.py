@@ -63,7 +63,7 @@ class FakeEngine(Engine):
         self.delay, self.words, self.calls, self.closed = delay, words, [], False
         self.llm = SlowScripted([(" " + w).encode() for w in words], delay)
         self.few_shot, self.n_ctx, self.repeat_penalty = "", 4096, eng.REPEAT_PENALTY
-        self._is_eog = lambda token: token == -1
+        self._is_eog, self.eog_ids = (lambda token: token == -1), [-1]
         self.prompt_format, self.index, self.index_note, self.contact = 1, None, "", {}
 
     def ask(self, question, readings=None, *args, **kwargs):

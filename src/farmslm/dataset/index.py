@@ -1,8 +1,8 @@
 """The index stage: the knowledge index the model ships with, its abstention model, and retrieval figures.
 
 knowledge base (+ dataset dir for calibration) -> index.json (facts, tokens, calibrated abstention) + meta.json:
-- the abstention model is fitted on the training questions (answerable) against abstain_train.yaml
-  (questions to decline), and its threshold is chosen on the validation questions, the paraphrase set's dev
+- the abstention model is fitted on the training questions and grower_questions.yaml (answerable, the latter in
+  growers' own words) against abstain_train.yaml (questions to decline), and its threshold is chosen on the validation questions, the paraphrase set's dev
   half and the out-of-scope set's dev half (never their test halves, never the test split);
 - figures on dev material: retrieval recall@1/@k, abstention and false abstention.
 `farmslm index --knowledge DIR --out X.json [--like OLD.json]` rebuilds the index alone (facts added after a
@@ -33,6 +33,8 @@ class IndexConfig:
     max_false_abstain: float = 0.03  # the abstention threshold keeps false abstention on val rows at or below this
     max_false_abstain_grower: float = 0.05  # ... and on the paraphrase set's dev half (growers' own words)
     n_fit: int = 1200  # training questions (answerable side) the abstention model is fitted on
+    c: float = 1.0  # inverse L2 strength of the abstention model's logistic regression
+    min_df: int = 3  # a question word gets its own abstention weight when this many fit questions use it
     seed: int = 0
 
 
@@ -49,6 +51,11 @@ def eval_sets() -> dict[str, list[dict]]:
 
 def abstain_training() -> list[dict]:
     return list(_yaml("abstain_train.yaml")["questions"])
+
+
+def grower_questions() -> list[dict]:
+    """Answerable questions in growers' words, written from the fact texts (fitting only, never evaluation)."""
+    return list(_yaml("grower_questions.yaml")["questions"])
 
 
 def recall(index, rows: list[dict], k: int) -> dict:
@@ -98,12 +105,13 @@ def run(cfg: IndexConfig, data_dir: str | Path, out_path: str | Path) -> Path:
     para_dev = [p for p in sets["paraphrases"] if p["half"] == "dev"]
     oos_dev = [q for q in sets["out_of_scope"] if q["half"] == "dev"]
     fit_pos = [(r["question"], r["lang"]) for r in rng.sample(train, min(cfg.n_fit, len(train)))]
+    fit_pos += [(q["question"], q["lang"]) for q in grower_questions()]
     fit_neg = [(q["question"], q["lang"]) for q in abstain_training()]
     dev_pos = [(r["question"], r["lang"]) for r in val]
     dev_grower = [(p["question"], p["lang"]) for p in para_dev]
     dev_neg = [(q["question"], q["lang"]) for q in oos_dev]
     index.abstain = abstain.calibrate(index, fit_pos, fit_neg, dev_pos, dev_neg, cfg.max_false_abstain, cfg.k,
-                                      dev_grower, cfg.max_false_abstain_grower)
+                                      dev_grower, cfg.max_false_abstain_grower, cfg.c, cfg.min_df)
     index.save(out_path)
     metrics = {"facts": len(index.facts), "knowledge_hash": index.knowledge_hash, "analyzer": cfg.analyzer,
                "abstain": index.abstain, "recall_val": recall(index, val, cfg.k),

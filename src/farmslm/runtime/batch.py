@@ -32,6 +32,7 @@ class _Request:
     max_tokens: int
     penalty: float
     penalty_last_n: int
+    min_tokens: int = 0  # end-of-generation is masked until this many tokens are generated
     out: queue.Queue = field(default_factory=queue.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
@@ -52,6 +53,8 @@ class BatchScheduler:
         self.ctx = llm._ctx.ctx
         self.vocab = llm._model.vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.eog_ids = np.array([i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, i)],
+                                dtype=np.int64)
         self.n_seq = n_seq
         self.n_batch = n_batch
         self.batch = llama_cpp.llama_batch_init(max(n_batch, n_seq), 0, 1)
@@ -71,11 +74,12 @@ class BatchScheduler:
             self.batch = None
 
     def generate(self, prompt: list[int], max_tokens: int, penalty: float = 1.0, penalty_last_n: int = 64,
-                 cancel: threading.Event | None = None) -> Iterator[int]:
-        """Token ids of the greedy continuation; stops at EOS (not yielded), max_tokens or cancel."""
+                 cancel: threading.Event | None = None, min_tokens: int = 0) -> Iterator[int]:
+        """Token ids of the greedy continuation; stops at EOS (not yielded, and not before min_tokens), max_tokens
+        or cancel."""
         if self.closed:
             raise RuntimeError("the batch scheduler is closed")
-        req = _Request(list(prompt), max_tokens, penalty, penalty_last_n, cancel=cancel or threading.Event())
+        req = _Request(list(prompt), max_tokens, penalty, penalty_last_n, min_tokens, cancel=cancel or threading.Event())
         self.pending.put(req)
         try:
             while (tok := req.out.get()) != _DONE:
@@ -125,6 +129,8 @@ class BatchScheduler:
             seen = np.unique(np.asarray(req.generated[-req.penalty_last_n:], dtype=np.int64))
             vals = logits[seen]
             logits[seen] = np.where(vals > 0, vals / req.penalty, vals * req.penalty)
+        if len(req.generated) < req.min_tokens:
+            logits[self.eog_ids] = -np.inf
         return int(np.argmax(logits))
 
     def _finish(self, req: _Request, error: BaseException | None = None) -> None:

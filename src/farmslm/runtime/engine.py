@@ -30,6 +30,7 @@ from farmslm.domain.sensors import NO_READINGS, Readings, format_prompt, format_
 log = logging.getLogger("farmslm.engine")
 
 STOP = ("\nQ:",)  # the next sample starts: the answer is over
+MIN_TOKENS = 1  # end-of-generation is masked until this many tokens are written (no empty answers)
 # llama.cpp repetition penalty over the last 64 generated tokens (prompt tokens are not counted).
 # Measured on the quick build's fine-tuned Q4_K_M, 30 validation answers, greedy: degeneration rate
 # 0.47 at 1.0 and 0.00 at 1.1, 1.2 and 1.3; the unguarded tag accuracy on 60 test rows was the same
@@ -123,6 +124,22 @@ def default_few_shot() -> str:
         format_sample(hot, "Is the greenhouse climate okay?", hot_codes, hot_answer),
         format_sample(ok, "지금 환경은 괜찮나요?", rules.evaluate(ok), "네, 현재 환경은 적정 범위입니다."),
     ])
+
+
+def _no_end_before(min_tokens: int, eog_ids: list[int]):
+    """A llama.cpp logits processor masking end-of-generation for the first min_tokens samples of one answer."""
+    import numpy as np
+
+    ids = np.asarray(eog_ids, dtype=np.int64)
+    calls = [0]
+
+    def process(_input_ids, logits):
+        calls[0] += 1
+        if calls[0] <= min_tokens and ids.size:
+            logits[ids] = -np.inf
+        return logits
+
+    return process
 
 
 def repeat_start(text: str, start: int = 0) -> int | None:
@@ -318,6 +335,7 @@ class Engine:
             self.scheduler = BatchScheduler(self.llm, parallel, n_batch=min(512, n_ctx))
         vocab = self.llm._model.vocab
         self._is_eog = lambda token: bool(llama_vocab_is_eog(vocab, token))
+        self.eog_ids = [i for i in range(self.llm.n_vocab()) if self._is_eog(i)]
         meta = self.llm.metadata
         self.name = str(meta.get("general.name") or path.stem)
         self.prompt_format = int(meta.get("farmslm.prompt_format", 1) or 1)
@@ -473,11 +491,15 @@ class Engine:
         model_codes: list[str] | None = None
         t0 = time.perf_counter()
         t_first = t_last = t0
+        # the first token may not end the answer: a model that stops right after the rule sentences wrote nothing
         if getattr(self, "scheduler", None) is not None and not temperature:  # concurrent answers share decode steps
-            gen = self.scheduler.generate(tokens, max_tokens, penalty)
+            gen = self.scheduler.generate(tokens, max_tokens, penalty, min_tokens=MIN_TOKENS)
         else:
+            from llama_cpp import LogitsProcessorList
+
             gen = self.llm.generate(tokens, temp=float(temperature), top_k=40 if temperature else 1,
-                                    top_p=0.95, min_p=0.05, repeat_penalty=penalty)
+                                    top_p=0.95, min_p=0.05, repeat_penalty=penalty,
+                                    logits_processor=LogitsProcessorList([_no_end_before(MIN_TOKENS, self.eog_ids)]))
         for token in gen:
             now = time.perf_counter()
             if t.gen_tokens == 0:
