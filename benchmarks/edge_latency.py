@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from runtime_config import run_child  # a sibling script: benchmarks/ is on sys.path when run
+
 ROOT = Path(__file__).resolve().parents[1]
-BUSY = "while True:\n    sum(i * i for i in range(10000))\n"
 
 
 def prompt_tokens(engine, row: dict) -> int | None:
@@ -88,18 +88,9 @@ def run(model: Path, data: Path, n: int, max_tokens: int, busy: bool) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(runtime_env())  # the product's OpenMP environment, before llama.cpp loads
-    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
-    try:
-        code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from edge_latency import worker; "
-                f"print(json.dumps(worker({str(model)!r}, {str(data)!r}, {n}, {max_tokens})))")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    finally:
-        if hog is not None:
-            hog.kill()
-            hog.wait()
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    return {"busy": busy, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from edge_latency import worker; "
+            f"print(json.dumps(worker({str(model)!r}, {str(data)!r}, {n}, {max_tokens})))")
+    return {"busy": busy, **run_child(code, env, busy, timeout=3600)}
 
 
 def main() -> None:

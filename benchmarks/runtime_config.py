@@ -54,6 +54,21 @@ print(json.dumps({{"prompt_tok_s": statistics.median(r[0] for r in runs),
 BUSY = "import time\nwhile True:\n    sum(i * i for i in range(10000))\n"
 
 
+def run_child(code: str, env: dict, busy: bool, timeout: int = 900) -> dict:
+    """Run a Python snippet in a fresh process (beside one busy process if asked); its last line as JSON."""
+    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+    try:
+        time.sleep(0.5 if busy else 0)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def build_noomp() -> Path:
     """llama-cpp-python 0.3.36 with GGML_OPENMP=OFF into .bench-cache/llama_noomp (once)."""
     if (NOOMP / "llama_cpp" / "__init__.py").exists():
@@ -75,18 +90,8 @@ def cell(model: Path, threads: int, policy: str, pool: str, busy: bool, n_prompt
         env.update(runtime_env(policy))
     else:
         env["BENCH_PREPEND"] = str(NOOMP)
-    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
-    try:
-        time.sleep(0.5 if busy else 0)
-        code = _CELL.format(threads=threads, n_prompt=n_prompt, n_gen=n_gen, repeats=repeats, model=str(model))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
-    finally:
-        if hog is not None:
-            hog.kill()
-            hog.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    code = _CELL.format(threads=threads, n_prompt=n_prompt, n_gen=n_gen, repeats=repeats, model=str(model))
+    out = run_child(code, env, busy)
     if pool == "ggml" and str(NOOMP) not in out["omp"]:
         raise RuntimeError("the GGML_OPENMP=OFF build was not the one imported")
     return {"threads": threads, "pool": pool, "policy": policy if pool == "openmp" else "poll", "busy": busy,

@@ -123,13 +123,17 @@ def _other_crop(question: str) -> float:
     return 0.5 if _TOMATO.search(question) else 1.0
 
 
+_UNKNOWN = "\x00unknown"  # the idf table's entry for words the knowledge base never uses
+
+
 def _kb_idf(index, lang: str) -> dict[str, float]:
     """Inverse document frequency of every token the knowledge base's documents use in one language (cached)."""
     cache = index.__dict__.setdefault("_kb_idf", {})
     if lang not in cache:
         docs = (getattr(index, "docs", None) or {}).get(lang, [])
         df = Counter(t for doc in docs for t in set(doc))
-        cache[lang] = {t: math.log((1 + len(docs)) / (1 + n)) + 1 for t, n in df.items()}
+        idf = {t: math.log((1 + len(docs)) / (1 + n)) + 1 for t, n in df.items()}
+        cache[lang] = idf | {_UNKNOWN: max(idf.values(), default=1.0) + 1}  # a word no document uses weighs most
     return cache[lang]
 
 
@@ -140,8 +144,7 @@ def _weighted_coverage(index, lang: str, fact_id: str, words: set[str], idf: dic
     docs = index.__dict__.setdefault("_doc_sets", {}).setdefault(lang, {})
     if fact_id not in docs:
         docs[fact_id] = frozenset(index.docs[lang][[f["id"] for f in index.facts].index(fact_id)])
-    top = max(idf.values(), default=1.0) + 1
-    weight = {t: idf.get(t, top) for t in words}
+    weight = {t: idf.get(t, idf[_UNKNOWN]) for t in words}
     return sum(w for t, w in weight.items() if t in docs[fact_id]) / sum(weight.values())
 
 
@@ -151,15 +154,13 @@ def _core_overlap(index, lang: str, hits: list, words: set[str], idf: dict[str, 
     if not words or not hits:
         return 0.0
     cores = index.__dict__.setdefault("_core_tokens", {}).setdefault(lang, {})
-    top = max(idf.values(), default=1.0) + 1
+    top = idf[_UNKNOWN]
     best = 0.0
     for h in hits:
         if h.fact_id not in cores:
             cores[h.fact_id] = [frozenset(query_tokens(c, lang, index)) for c in index.by_id[h.fact_id][lang]["q"]]
-        for core in cores[h.fact_id]:
-            union = words | core
-            if union:
-                best = max(best, sum(idf.get(t, top) for t in words & core) / sum(idf.get(t, top) for t in union))
+        for core in cores[h.fact_id]:  # words is not empty, so neither is the union
+            best = max(best, sum(idf.get(t, top) for t in words & core) / sum(idf.get(t, top) for t in words | core))
     return best
 
 
@@ -170,7 +171,8 @@ def features(question: str, lang: str, hits: list, index=None, query: list[str] 
 
     top = hits[0].score if hits else 0.0
     second = hits[1].score if len(hits) > 1 else 0.0
-    n_terms = len(terms.find_term_ids(question))
+    # concept tokens of the question (retrieve.tokens) name its dictionary terms, already matched once
+    n_terms = sum(t.startswith("#") for t in query) if query is not None else len(terms.find_term_ids(question))
     idf = _kb_idf(index, lang) if index is not None else {}
     words = set(query or []) if idf else set()
     return {"bias": 1.0, "log_top_score": math.log1p(top), "top_coverage": hits[0].coverage if hits else 0.0,
@@ -178,7 +180,7 @@ def features(question: str, lang: str, hits: list, index=None, query: list[str] 
             "tomato": float(bool(_TOMATO.search(question))),
             "other_crop": _other_crop(question),
             "off_topic": min(sum(1 for _ in _OFF_TOPIC.finditer(question)), 2) / 2,
-            "unknown_words": len(words - idf.keys()) / len(words) if words else 0.0,
+            "unknown_words": sum(t not in idf for t in words) / len(words) if words else 0.0,
             "top_weighted_coverage": _weighted_coverage(index, lang, hits[0].fact_id, words, idf) if hits else 0.0,
             "core_overlap": _core_overlap(index, lang, hits, words, idf)}
 
@@ -207,7 +209,7 @@ def decide(question: str, lang: str, hits: list, index, model: dict | None = Non
     questions nothing was retrieved for, and those the calibrated model scores below its threshold.
     model: another abstention model than the index's (calibration)."""
     model = (getattr(index, "abstain", None) or {}) if model is None else model
-    query = query_tokens(question, lang, index) if index is not None else []
+    query = query_tokens(question, lang, index) if index is not None else None
     feats = features(question, lang, hits, index, query)
     p = probability(feats, model, query)
     out = {"abstain": False, "reason": "", "p": None if p is None else round(p, 4), "features": feats}

@@ -100,12 +100,18 @@ def tokens(text: str, lang: str, analyzer: str = DEFAULT_ANALYZER) -> list[str]:
     """Index/query tokens of a text: Korean by the analyzer, Latin words stemmed either way, plus one
     `#<term>` token per dictionary term named (in any of its forms, either language): a question that
     says "grey mould" and a fact that says "Botrytis" meet on the same concept token."""
-    from farmslm.domain import terms
-
     if analyzer not in ANALYZERS:
         raise ValueError(f"analyzer: got {analyzer!r}; expected one of {'|'.join(ANALYZERS)}")
-    words = _ko_tokens(text, analyzer) if check_lang(lang) == "ko" else _en_tokens(text)
-    return words + [f"#{i}" for i in terms.find_term_ids(text)]
+    return list(_tokens(text, check_lang(lang), analyzer))
+
+
+@lru_cache(maxsize=512)
+def _tokens(text: str, lang: str, analyzer: str) -> tuple[str, ...]:
+    """Cached: one answer reads its question's tokens for retrieval, abstention and citing."""
+    from farmslm.domain import terms
+
+    words = _ko_tokens(text, analyzer) if lang == "ko" else _en_tokens(text)
+    return tuple(words + [f"#{i}" for i in terms.find_term_ids(text)])
 
 
 @dataclass

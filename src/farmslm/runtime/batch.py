@@ -42,10 +42,19 @@ class _Request:
     next_tok: int | None = None  # sampled, not yet emitted (sampled before any other decode overwrites logits)
 
 
+def end_of_generation_ids(llm) -> np.ndarray:
+    """The vocabulary's end-of-generation token ids (EOS, end-of-turn, ...), read once per model."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    n = llama_cpp.llama_vocab_n_tokens(vocab)
+    return np.array([i for i in range(n) if llama_cpp.llama_vocab_is_eog(vocab, i)], dtype=np.int64)
+
+
 class BatchScheduler:
     """Owns the context's sequences 0..n_seq-1; generate() may be called from many threads at once."""
 
-    def __init__(self, llm, n_seq: int, n_batch: int = 512):
+    def __init__(self, llm, n_seq: int, n_batch: int = 512, eog_ids: np.ndarray | None = None):
         import llama_cpp
 
         self.lib = llama_cpp
@@ -53,8 +62,7 @@ class BatchScheduler:
         self.ctx = llm._ctx.ctx
         self.vocab = llm._model.vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.eog_ids = np.array([i for i in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, i)],
-                                dtype=np.int64)
+        self.eog_ids = end_of_generation_ids(llm) if eog_ids is None else eog_ids
         self.n_seq = n_seq
         self.n_batch = n_batch
         self.batch = llama_cpp.llama_batch_init(max(n_batch, n_seq), 0, 1)

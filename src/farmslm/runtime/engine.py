@@ -328,14 +328,14 @@ class Engine:
                                    n_batch=min(512, n_ctx), seed=seed)
         except ValueError as exc:  # llama_cpp raises ValueError("Failed to load model from file: ...")
             raise InputError("model", f"{path} could not be loaded by llama.cpp ({exc})") from None
-        self.scheduler = None
-        if parallel > 1:
-            from farmslm.runtime.batch import BatchScheduler
+        from farmslm.runtime.batch import BatchScheduler, end_of_generation_ids
 
-            self.scheduler = BatchScheduler(self.llm, parallel, n_batch=min(512, n_ctx))
         vocab = self.llm._model.vocab
         self._is_eog = lambda token: bool(llama_vocab_is_eog(vocab, token))
-        self.eog_ids = [i for i in range(self.llm.n_vocab()) if self._is_eog(i)]
+        self.eog_ids = end_of_generation_ids(self.llm)
+        self.scheduler = None
+        if parallel > 1:
+            self.scheduler = BatchScheduler(self.llm, parallel, n_batch=min(512, n_ctx), eog_ids=self.eog_ids)
         meta = self.llm.metadata
         self.name = str(meta.get("general.name") or path.stem)
         self.prompt_format = int(meta.get("farmslm.prompt_format", 1) or 1)
